@@ -1,0 +1,1 @@
+//! bdev — placeholder, see ARCHITECTURE.md.

@@ -1,0 +1,1 @@
+//! rdma — placeholder, see ARCHITECTURE.md.

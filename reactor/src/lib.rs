@@ -1,0 +1,1 @@
+//! reactor — placeholder, see ARCHITECTURE.md.

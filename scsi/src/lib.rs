@@ -1,0 +1,1 @@
+//! scsi — placeholder, see ARCHITECTURE.md.

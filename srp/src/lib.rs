@@ -1,0 +1,1 @@
+//! srp — placeholder, see ARCHITECTURE.md.

@@ -1,0 +1,1 @@
+//! vhost — placeholder, see ARCHITECTURE.md.
