@@ -1,0 +1,1 @@
+//! RAID1 (md semantics). Being written.
