@@ -319,7 +319,7 @@ impl Lun {
         let mut r = Resp::new(data_in, usize::from(be16(c, 3)));
         if !evpd {
             if page != 0 {
-                return Err(Sense::invalid_field_in_cdb(2, Some(7)));
+                return Err(Sense::invalid_field_in_cdb(2, None));
             }
             standard_inquiry(&mut r, 0x00, &self.info.vendor, &self.info.product, &self.info.revision);
             return Ok(r.done());
@@ -341,7 +341,7 @@ impl Lun {
                 r.zeros(0x3C - 2);
             }
             0xB2 => self.vpd_lbp(&mut r),
-            _ => return Err(Sense::invalid_field_in_cdb(2, Some(7))),
+            _ => return Err(Sense::invalid_field_in_cdb(2, None)),
         }
         let page_len = (r.pos() - 4) as u16;
         r.patch(2, &page_len.to_be_bytes());
@@ -419,10 +419,10 @@ impl Lun {
             0x08 => (true, false),
             0x0A => (false, true),
             0x3F => (true, true),
-            _ => return Err(Sense::invalid_field_in_cdb(2, Some(5))),
+            _ => return Err(Sense::invalid_field_in_cdb(2, None)),
         };
         if subpage != 0x00 && subpage != 0xFF {
-            return Err(Sense::invalid_field_in_cdb(3, Some(7)));
+            return Err(Sense::invalid_field_in_cdb(3, None));
         }
         let changeable = pc == 1;
         let caps = &self.info.caps;
@@ -516,14 +516,14 @@ impl Lun {
                 return Ok(r.done());
             }
             1 => match found {
-                Some(d) if d.sa.is_some() => return Err(Sense::invalid_field_in_cdb(3, Some(7))),
+                Some(d) if d.sa.is_some() => return Err(Sense::invalid_field_in_cdb(3, None)),
                 d => d,
             },
             2 => match found {
-                Some(d) if d.sa.is_none() => return Err(Sense::invalid_field_in_cdb(3, Some(7))),
+                Some(d) if d.sa.is_none() => return Err(Sense::invalid_field_in_cdb(3, None)),
                 d => d.filter(|d| d.sa.map(u16::from) == Some(req_sa)),
             },
-            _ => return Err(Sense::invalid_field_in_cdb(2, Some(2))),
+            _ => return Err(Sense::invalid_field_in_cdb(2, None)),
         };
         match one {
             Some(d) => {
@@ -639,7 +639,7 @@ fn report_luns(c: &[u8], luns: &[u16], data_in: &mut [u8]) -> Res {
             }
         }
         0x01 => {} // well-known LUNs only: none
-        _ => return Err(Sense::invalid_field_in_cdb(2, Some(7))),
+        _ => return Err(Sense::invalid_field_in_cdb(2, None)),
     }
     let len = (r.pos() - 8) as u32;
     r.patch(0, &len.to_be_bytes());
@@ -667,7 +667,7 @@ pub fn execute_absent_lun(cdb: &[u8], ctx: &Context<'_>, data_in: &mut [u8]) -> 
             standard_inquiry(&mut r, 0x7F, &[b' '; 8], &[b' '; 16], &[b' '; 4]);
             Ok(r.done())
         }
-        0x12 if c[1] & 0x01 == 0 => Err(Sense::invalid_field_in_cdb(2, Some(7))),
+        0x12 if c[1] & 0x01 == 0 => Err(Sense::invalid_field_in_cdb(2, None)),
         0x12 => Err(Sense::LUN_NOT_SUPPORTED),
         0xA0 => report_luns(c, ctx.luns, data_in),
         _ => {
