@@ -583,7 +583,7 @@ pub fn validate(info: &BdevInfo, req: &IoRequest<'_>) -> Result<(), IoStatus> {
             if v.len == 0 || v.base.is_null() {
                 return Err(IoStatus::InvalidRequest);
             }
-            if info.buf_align > 1 && (v.base as usize % info.buf_align != 0 || v.len % info.buf_align != 0) {
+            if info.buf_align > 1 && (!(v.base as usize).is_multiple_of(info.buf_align) || !v.len.is_multiple_of(info.buf_align)) {
                 return Err(IoStatus::InvalidRequest);
             }
             total += v.len as u64;

@@ -681,7 +681,7 @@ fn run_reactor(index: usize, shared: Arc<Shared>) {
         }
         // Timers: every idle loop, and every 64th loop otherwise.
         loops += 1;
-        if !busy || loops % 64 == 0 {
+        if !busy || loops.is_multiple_of(64) {
             let now = Instant::now();
             loop {
                 let due = {
@@ -723,6 +723,9 @@ fn run_reactor(index: usize, shared: Arc<Shared>) {
         {
             let mut added = local.new_pollers.borrow_mut();
             if !added.is_empty() {
+                for p in added.iter() {
+                    tracing::debug!(reactor = index, poller = p.name, "poller registered");
+                }
                 pollers.append(&mut added);
             }
             let mut removed = local.removed.borrow_mut();
@@ -731,7 +734,7 @@ fn run_reactor(index: usize, shared: Arc<Shared>) {
                 removed.clear();
             }
         }
-        if loops % 256 == 0 || !busy {
+        if loops.is_multiple_of(256) || !busy {
             stats.busy_polls.store(busy_polls, Ordering::Relaxed);
             stats.idle_polls.store(idle_polls, Ordering::Relaxed);
             stats.msgs_received.store(received, Ordering::Relaxed);
@@ -755,7 +758,6 @@ fn run_reactor(index: usize, shared: Arc<Shared>) {
             }
         }
     }
-    let _ = pollers.iter().map(|p| p.name).count();
     // Drop pollers (and everything they own) on this thread, then timers.
     drop(pollers);
     local.timers.borrow_mut().clear();
