@@ -42,6 +42,39 @@
 //!   rdma_cm private-data form of the login request (it starts with the
 //!   tag, not the opcode, so it is not part of [`decode_iu`]).
 
+//!
+//! ## Example: the target's per-I/O path
+//!
+//! ```
+//! use srp::{decode_iu, DataDesc, DirectBuf, Encode, Iu, Lun, SrpCmd, SrpRsp, TaskAttr};
+//!
+//! // What an initiator sends: READ(10) into one remote buffer.
+//! let d = DirectBuf { va: 0x1000, key: 7, len: 4096 };
+//! let cdb = [0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0];
+//! let cmd = SrpCmd {
+//!     sol_not: 0,
+//!     tag: 42,
+//!     lun: Lun::from_single_level(1)?,
+//!     task_attr: TaskAttr::Simple,
+//!     cdb: &cdb,
+//!     data_out: DataDesc::None,
+//!     data_in: DataDesc::Direct(d),
+//! };
+//! let mut recv_buf = [0u8; 256];
+//! let n = cmd.encode(&mut recv_buf)?;
+//!
+//! // The target decodes exactly the received bytes, without allocating.
+//! let Iu::Cmd(c) = decode_iu(&recv_buf[..n])? else { unreachable!() };
+//! let total: u64 = c.data_in.descriptors().map(|d| u64::from(d.len)).sum();
+//! assert_eq!(total, 4096);
+//!
+//! // ... RDMA WRITE the data, then answer in a pre-registered send buffer.
+//! let rsp = SrpRsp { tag: c.tag, req_lim_delta: 1, ..SrpRsp::default() };
+//! let mut send_buf = [0u8; 64];
+//! assert_eq!(rsp.encode(&mut send_buf)?, 36);
+//! # Ok::<(), srp::SrpError>(())
+//! ```
+
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
