@@ -383,7 +383,10 @@ impl<'a> SrpCmd<'a> {
 
     /// Offset of the first byte after the descriptors.
     fn desc_end(&self) -> usize {
-        SRP_CMD_HEADER_SIZE + self.add_cdb_len() + self.data_out.wire_len() + self.data_in.wire_len()
+        SRP_CMD_HEADER_SIZE
+            + self.add_cdb_len()
+            + self.data_out.wire_len()
+            + self.data_in.wire_len()
     }
 }
 

@@ -149,6 +149,24 @@ impl Iu<'_> {
         }
     }
 
+    /// The IU's tag.
+    pub fn tag(&self) -> u64 {
+        match self {
+            Iu::LoginReq(x) => x.tag,
+            Iu::LoginRsp(x) => x.tag,
+            Iu::LoginRej(x) => x.tag,
+            Iu::ILogout(x) => x.tag,
+            Iu::TLogout(x) => x.tag,
+            Iu::TskMgmt(x) => x.tag,
+            Iu::Cmd(x) => x.tag,
+            Iu::Rsp(x) => x.tag,
+            Iu::CredReq(x) => x.tag,
+            Iu::CredRsp(x) => x.tag,
+            Iu::AerReq(x) => x.tag,
+            Iu::AerRsp(x) => x.tag,
+        }
+    }
+
     fn as_encode(&self) -> &dyn Encode {
         match self {
             Iu::LoginReq(x) => x,
@@ -175,6 +193,14 @@ impl Encode for Iu<'_> {
     fn encode(&self, buf: &mut [u8]) -> Result<usize, SrpError> {
         self.as_encode().encode(buf)
     }
+}
+
+/// The tag (bytes 8..16, common to every IU sent on the QP) of an IU that
+/// may have failed to decode, so that a target can still answer a
+/// malformed `SRP_CMD` with an `SRP_RSP` for that tag. `None` if fewer
+/// than 16 bytes arrived.
+pub fn peek_tag(b: &[u8]) -> Option<u64> {
+    wire::be64(b, 8).ok()
 }
 
 /// Decodes any IU by its opcode byte; immediate data of an `SRP_CMD` is

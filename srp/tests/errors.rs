@@ -18,45 +18,72 @@ fn cmd(buf_fmt: u8, out_cnt: u8, in_cnt: u8, len: usize) -> Vec<u8> {
 
 #[test]
 fn too_short() {
-    assert_eq!(decode_iu(&[]), Err(SrpError::TooShort { needed: 1, got: 0 }));
+    assert_eq!(
+        decode_iu(&[]),
+        Err(SrpError::TooShort { needed: 1, got: 0 })
+    );
     assert_eq!(
         LoginReq::decode(&[0u8; 63]),
-        Err(SrpError::TooShort { needed: 64, got: 63 })
+        Err(SrpError::TooShort {
+            needed: 64,
+            got: 63
+        })
     );
     assert_eq!(
         LoginReq::decode_rdma(&[0u8; 55]),
-        Err(SrpError::TooShort { needed: 56, got: 55 })
+        Err(SrpError::TooShort {
+            needed: 56,
+            got: 55
+        })
     );
     let mut rsp = [0u8; 51];
     rsp[0] = 0xc0;
     assert_eq!(
         decode_iu(&rsp),
-        Err(SrpError::TooShort { needed: 52, got: 51 })
+        Err(SrpError::TooShort {
+            needed: 52,
+            got: 51
+        })
     );
     assert_eq!(
         SrpCmd::decode(&cmd(0, 0, 0, 47)),
-        Err(SrpError::TooShort { needed: 48, got: 47 })
+        Err(SrpError::TooShort {
+            needed: 48,
+            got: 47
+        })
     );
     assert_eq!(
         decode_iu(&[0x03; 15]),
-        Err(SrpError::TooShort { needed: 16, got: 15 })
+        Err(SrpError::TooShort {
+            needed: 16,
+            got: 15
+        })
     );
     let mut t = [0u8; 47];
     t[0] = 0x01;
     assert_eq!(
         decode_iu(&t),
-        Err(SrpError::TooShort { needed: 48, got: 47 })
+        Err(SrpError::TooShort {
+            needed: 48,
+            got: 47
+        })
     );
     let mut r = [0u8; 35];
     r[0] = 0xc1;
     assert_eq!(
         decode_iu(&r),
-        Err(SrpError::TooShort { needed: 36, got: 35 })
+        Err(SrpError::TooShort {
+            needed: 36,
+            got: 35
+        })
     );
     r[0] = 0x82;
     assert_eq!(
         decode_iu(&r),
-        Err(SrpError::TooShort { needed: 36, got: 35 })
+        Err(SrpError::TooShort {
+            needed: 36,
+            got: 35
+        })
     );
 }
 
@@ -66,7 +93,10 @@ fn additional_cdb_past_end_is_too_short() {
     b[31] = 16; // 16 additional CDB bytes, only 8 present
     assert_eq!(
         SrpCmd::decode(&b),
-        Err(SrpError::TooShort { needed: 64, got: 56 })
+        Err(SrpError::TooShort {
+            needed: 64,
+            got: 56
+        })
     );
 }
 
@@ -85,31 +115,49 @@ fn wrong_opcode() {
     b[0] = 0x02;
     assert_eq!(
         LoginReq::decode(&b),
-        Err(SrpError::WrongOpcode { expected: 0x00, got: 0x02 })
+        Err(SrpError::WrongOpcode {
+            expected: 0x00,
+            got: 0x02
+        })
     );
     assert_eq!(
         LoginRsp::decode(&b),
-        Err(SrpError::WrongOpcode { expected: 0xc0, got: 0x02 })
+        Err(SrpError::WrongOpcode {
+            expected: 0xc0,
+            got: 0x02
+        })
     );
     assert_eq!(
         SrpRsp::decode(&b),
-        Err(SrpError::WrongOpcode { expected: 0xc1, got: 0x02 })
+        Err(SrpError::WrongOpcode {
+            expected: 0xc1,
+            got: 0x02
+        })
     );
     b[0] = 0x00;
     assert_eq!(
         SrpCmd::decode(&b),
-        Err(SrpError::WrongOpcode { expected: 0x02, got: 0x00 })
+        Err(SrpError::WrongOpcode {
+            expected: 0x02,
+            got: 0x00
+        })
     );
     assert_eq!(
         ILogout::decode(&b),
-        Err(SrpError::WrongOpcode { expected: 0x03, got: 0x00 })
+        Err(SrpError::WrongOpcode {
+            expected: 0x03,
+            got: 0x00
+        })
     );
     // rdma_cm form: the opcode is byte 11.
     let mut r = [0u8; 56];
     r[11] = 0xc0;
     assert_eq!(
         LoginReq::decode_rdma(&r),
-        Err(SrpError::WrongOpcode { expected: 0x00, got: 0xc0 })
+        Err(SrpError::WrongOpcode {
+            expected: 0x00,
+            got: 0xc0
+        })
     );
 }
 
@@ -118,12 +166,18 @@ fn buffer_too_small() {
     let mut small = [0u8; 15];
     assert_eq!(
         ILogout { tag: 1 }.encode(&mut small),
-        Err(SrpError::BufferTooSmall { needed: 16, got: 15 })
+        Err(SrpError::BufferTooSmall {
+            needed: 16,
+            got: 15
+        })
     );
     let mut b = [0u8; 55];
     assert_eq!(
         LoginReq::default().encode_rdma(&mut b),
-        Err(SrpError::BufferTooSmall { needed: 56, got: 55 })
+        Err(SrpError::BufferTooSmall {
+            needed: 56,
+            got: 55
+        })
     );
     let rsp = SrpRsp {
         sense_data: &[0x70; 18],
@@ -132,7 +186,10 @@ fn buffer_too_small() {
     let mut b = [0u8; 36 + 17];
     assert_eq!(
         rsp.encode(&mut b),
-        Err(SrpError::BufferTooSmall { needed: 54, got: 53 })
+        Err(SrpError::BufferTooSmall {
+            needed: 54,
+            got: 53
+        })
     );
 }
 
@@ -140,7 +197,10 @@ fn buffer_too_small() {
 fn invalid_multichannel_action() {
     let mut b = [0u8; 64];
     b[26] = 0x02;
-    assert_eq!(LoginReq::decode(&b), Err(SrpError::InvalidMultiChannelAction(2)));
+    assert_eq!(
+        LoginReq::decode(&b),
+        Err(SrpError::InvalidMultiChannelAction(2))
+    );
     let mut r = [0u8; 56];
     r[10] = 0x83;
     assert_eq!(
@@ -154,7 +214,10 @@ fn invalid_multichannel_result() {
     let mut b = [0u8; 52];
     b[0] = 0xc0;
     b[26] = 0x83;
-    assert_eq!(LoginRsp::decode(&b), Err(SrpError::InvalidMultiChannelResult(3)));
+    assert_eq!(
+        LoginRsp::decode(&b),
+        Err(SrpError::InvalidMultiChannelResult(3))
+    );
 }
 
 #[test]
@@ -179,7 +242,10 @@ fn unsupported_descriptor_formats() {
         task_attr: TaskAttr::Simple,
         cdb: &[0],
         data_out: DataDesc::None,
-        data_in: DataDesc::Immediate(ImmediateData { offset: 68, data: &[1] }),
+        data_in: DataDesc::Immediate(ImmediateData {
+            offset: 68,
+            data: &[1],
+        }),
     };
     assert_eq!(c.to_vec(), Err(SrpError::UnsupportedDataInFormat(3)));
 }
@@ -196,7 +262,10 @@ fn immediate_data_with_data_in() {
         lun: Lun::default(),
         task_attr: TaskAttr::Simple,
         cdb: &[0],
-        data_out: DataDesc::Immediate(ImmediateData { offset: 68, data: &[1] }),
+        data_out: DataDesc::Immediate(ImmediateData {
+            offset: 68,
+            data: &[1],
+        }),
         data_in: DataDesc::Direct(DirectBuf::default()),
     };
     assert_eq!(c.to_vec(), Err(SrpError::ImmediateDataWithDataIn));
@@ -207,29 +276,44 @@ fn descriptors_exceed_iu() {
     // Direct data-in descriptor announced, IU ends after the CDB.
     assert_eq!(
         SrpCmd::decode(&cmd(0x01, 0, 0, 48)),
-        Err(SrpError::DescriptorsExceedIu { needed: 64, iu_len: 48 })
+        Err(SrpError::DescriptorsExceedIu {
+            needed: 64,
+            iu_len: 48
+        })
     );
     // Direct data-out + direct data-in, room for one.
     assert_eq!(
         SrpCmd::decode(&cmd(0x11, 0, 0, 70)),
-        Err(SrpError::DescriptorsExceedIu { needed: 80, iu_len: 70 })
+        Err(SrpError::DescriptorsExceedIu {
+            needed: 80,
+            iu_len: 70
+        })
     );
     // Indirect with data_out_desc_cnt = 3 but room for 2.
     let mut b = cmd(0x20, 3, 0, 48 + 20 + 32);
     put(&mut b, 60, &48u32.to_be_bytes());
     assert_eq!(
         SrpCmd::decode(&b),
-        Err(SrpError::DescriptorsExceedIu { needed: 116, iu_len: 100 })
+        Err(SrpError::DescriptorsExceedIu {
+            needed: 116,
+            iu_len: 100
+        })
     );
     // Indirect header itself cut short.
     assert_eq!(
         SrpCmd::decode(&cmd(0x02, 0, 0, 60)),
-        Err(SrpError::DescriptorsExceedIu { needed: 68, iu_len: 60 })
+        Err(SrpError::DescriptorsExceedIu {
+            needed: 68,
+            iu_len: 60
+        })
     );
     // Immediate descriptor cut short.
     assert_eq!(
         SrpCmd::decode(&cmd(0x30, 0, 0, 50)),
-        Err(SrpError::DescriptorsExceedIu { needed: 52, iu_len: 50 })
+        Err(SrpError::DescriptorsExceedIu {
+            needed: 52,
+            iu_len: 50
+        })
     );
 }
 
@@ -237,7 +321,10 @@ fn descriptors_exceed_iu() {
 fn indirect_table_len_not_multiple_of_16() {
     let mut b = cmd(0x02, 0, 2, 48 + 20 + 32);
     put(&mut b, 60, &40u32.to_be_bytes());
-    assert_eq!(SrpCmd::decode(&b), Err(SrpError::IndirectTableLenNotMultiple(40)));
+    assert_eq!(
+        SrpCmd::decode(&b),
+        Err(SrpError::IndirectTableLenNotMultiple(40))
+    );
 }
 
 #[test]
@@ -246,7 +333,10 @@ fn partial_table_too_large() {
     put(&mut b, 60, &32u32.to_be_bytes());
     assert_eq!(
         SrpCmd::decode(&b),
-        Err(SrpError::PartialTableTooLarge { count: 3, table_len: 32 })
+        Err(SrpError::PartialTableTooLarge {
+            count: 3,
+            table_len: 32
+        })
     );
 }
 
@@ -259,10 +349,17 @@ fn indirect_total_len_mismatch() {
     put(&mut b, 84 + 12, &512u32.to_be_bytes());
     assert_eq!(
         SrpCmd::decode(&b),
-        Err(SrpError::IndirectTotalLenMismatch { total_len: 1000, sum: 1024 })
+        Err(SrpError::IndirectTotalLenMismatch {
+            total_len: 1000,
+            sum: 1024
+        })
     );
     // Encoder refuses it too.
-    let descs = [DirectBuf { va: 0, key: 0, len: 512 }; 2];
+    let descs = [DirectBuf {
+        va: 0,
+        key: 0,
+        len: 512,
+    }; 2];
     let c = SrpCmd {
         sol_not: 0,
         tag: 0,
@@ -270,7 +367,11 @@ fn indirect_total_len_mismatch() {
         task_attr: TaskAttr::Simple,
         cdb: &[0x2a],
         data_out: DataDesc::Indirect(IndirectBuf {
-            table_desc: DirectBuf { va: 0, key: 0, len: 32 },
+            table_desc: DirectBuf {
+                va: 0,
+                key: 0,
+                len: 32,
+            },
             total_len: 1000,
             partial: DescList::from_slice(&descs),
         }),
@@ -278,7 +379,10 @@ fn indirect_total_len_mismatch() {
     };
     assert_eq!(
         c.to_vec(),
-        Err(SrpError::IndirectTotalLenMismatch { total_len: 1000, sum: 1024 })
+        Err(SrpError::IndirectTotalLenMismatch {
+            total_len: 1000,
+            sum: 1024
+        })
     );
 }
 
@@ -288,14 +392,20 @@ fn immediate_data_overlaps_descriptors() {
     put(&mut b, 48, &4u32.to_be_bytes());
     assert_eq!(
         SrpCmd::decode_with_imm_offset(&b, 50),
-        Err(SrpError::ImmediateDataOverlapsDescriptors { offset: 50, min: 52 })
+        Err(SrpError::ImmediateDataOverlapsDescriptors {
+            offset: 50,
+            min: 52
+        })
     );
     // With a 32-byte CDB the Linux offset 68 is exactly the minimum; a
     // 36-byte CDB pushes the descriptor past it.
     b[31] = 20;
     assert_eq!(
         SrpCmd::decode(&b),
-        Err(SrpError::ImmediateDataOverlapsDescriptors { offset: 68, min: 72 })
+        Err(SrpError::ImmediateDataOverlapsDescriptors {
+            offset: 68,
+            min: 72
+        })
     );
     let c = SrpCmd {
         sol_not: 0,
@@ -303,12 +413,18 @@ fn immediate_data_overlaps_descriptors() {
         lun: Lun::default(),
         task_attr: TaskAttr::Simple,
         cdb: &[0x2a],
-        data_out: DataDesc::Immediate(ImmediateData { offset: 51, data: &[1] }),
+        data_out: DataDesc::Immediate(ImmediateData {
+            offset: 51,
+            data: &[1],
+        }),
         data_in: DataDesc::None,
     };
     assert_eq!(
         c.to_vec(),
-        Err(SrpError::ImmediateDataOverlapsDescriptors { offset: 51, min: 52 })
+        Err(SrpError::ImmediateDataOverlapsDescriptors {
+            offset: 51,
+            min: 52
+        })
     );
 }
 
@@ -318,18 +434,30 @@ fn immediate_data_out_of_iu() {
     put(&mut b, 48, &101u32.to_be_bytes());
     assert_eq!(
         SrpCmd::decode(&b),
-        Err(SrpError::ImmediateDataOutOfIu { offset: 68, len: 101, iu_len: 168 })
+        Err(SrpError::ImmediateDataOutOfIu {
+            offset: 68,
+            len: 101,
+            iu_len: 168
+        })
     );
     put(&mut b, 48, &u32::MAX.to_be_bytes());
     assert_eq!(
         SrpCmd::decode(&b),
-        Err(SrpError::ImmediateDataOutOfIu { offset: 68, len: u32::MAX, iu_len: 168 })
+        Err(SrpError::ImmediateDataOutOfIu {
+            offset: 68,
+            len: u32::MAX,
+            iu_len: 168
+        })
     );
     // Offset itself past the IU.
     put(&mut b, 48, &0u32.to_be_bytes());
     assert_eq!(
         SrpCmd::decode_with_imm_offset(&b, 200),
-        Err(SrpError::ImmediateDataOutOfIu { offset: 200, len: 0, iu_len: 168 })
+        Err(SrpError::ImmediateDataOutOfIu {
+            offset: 200,
+            len: 0,
+            iu_len: 168
+        })
     );
 }
 
@@ -342,7 +470,10 @@ fn rsp_data_out_of_iu() {
     put(&mut b, 32, &4u32.to_be_bytes()); // resp
     assert_eq!(
         SrpRsp::decode(&b),
-        Err(SrpError::RspDataOutOfIu { needed: 48, iu_len: 46 })
+        Err(SrpError::RspDataOutOfIu {
+            needed: 48,
+            iu_len: 46
+        })
     );
     put(&mut b, 28, &u32::MAX.to_be_bytes());
     put(&mut b, 32, &u32::MAX.to_be_bytes());
@@ -362,7 +493,10 @@ fn aer_sense_out_of_iu() {
     put(&mut b, 28, &5u32.to_be_bytes());
     assert_eq!(
         AerReq::decode(&b),
-        Err(SrpError::AerSenseOutOfIu { needed: 41, iu_len: 40 })
+        Err(SrpError::AerSenseOutOfIu {
+            needed: 41,
+            iu_len: 40
+        })
     );
 }
 
@@ -380,7 +514,10 @@ fn cdb_too_long() {
     };
     assert_eq!(c.to_vec(), Err(SrpError::CdbTooLong(272)));
     // 16 + 252 is the maximum and round-trips.
-    let c = SrpCmd { cdb: &cdb[..268], ..c };
+    let c = SrpCmd {
+        cdb: &cdb[..268],
+        ..c
+    };
     let v = c.to_vec().unwrap();
     assert_eq!(v[31], 252);
     assert_eq!(SrpCmd::decode(&v).unwrap(), c);
@@ -388,7 +525,14 @@ fn cdb_too_long() {
 
 #[test]
 fn too_many_descriptors() {
-    let descs = vec![DirectBuf { va: 0, key: 0, len: 1 }; 256];
+    let descs = vec![
+        DirectBuf {
+            va: 0,
+            key: 0,
+            len: 1
+        };
+        256
+    ];
     let c = SrpCmd {
         sol_not: 0,
         tag: 0,
@@ -397,7 +541,11 @@ fn too_many_descriptors() {
         cdb: &[0x28],
         data_out: DataDesc::None,
         data_in: DataDesc::Indirect(IndirectBuf {
-            table_desc: DirectBuf { va: 0, key: 0, len: 256 * 16 },
+            table_desc: DirectBuf {
+                va: 0,
+                key: 0,
+                len: 256 * 16,
+            },
             total_len: 256,
             partial: DescList::from_slice(&descs),
         }),
@@ -407,13 +555,25 @@ fn too_many_descriptors() {
 
 #[test]
 fn lun_out_of_range() {
-    assert_eq!(Lun::from_single_level(0x4000), Err(SrpError::LunOutOfRange(0x4000)));
+    assert_eq!(
+        Lun::from_single_level(0x4000),
+        Err(SrpError::LunOutOfRange(0x4000))
+    );
 }
 
 #[test]
 fn errors_display() {
     // thiserror messages are human readable and carry the numbers.
-    let e = SrpError::DescriptorsExceedIu { needed: 80, iu_len: 70 };
-    assert_eq!(e.to_string(), "data descriptors need 80 bytes but the IU has 70");
-    assert_eq!(SrpError::UnknownOpcode(0x44).to_string(), "unknown SRP opcode 0x44");
+    let e = SrpError::DescriptorsExceedIu {
+        needed: 80,
+        iu_len: 70,
+    };
+    assert_eq!(
+        e.to_string(),
+        "data descriptors need 80 bytes but the IU has 70"
+    );
+    assert_eq!(
+        SrpError::UnknownOpcode(0x44).to_string(),
+        "unknown SRP opcode 0x44"
+    );
 }

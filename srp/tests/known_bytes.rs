@@ -170,8 +170,8 @@ fn cmd_header(buf_fmt: u8, out_cnt: u8, in_cnt: u8, cdb: &[u8], len: usize) -> V
     b[6] = out_cnt; // 6 data_out_desc_cnt
     b[7] = in_cnt; // 7 data_in_desc_cnt
     put(&mut b, 8, &0x0000_0000_0001_0005u64.to_be_bytes()); // 8..16 tag
-    // 20..28 lun: int_to_scsilun(0) = all zero; 29 task_attr SIMPLE = 0
-    // 31 add_cdb_len = 0; 32..48 cdb
+                                                             // 20..28 lun: int_to_scsilun(0) = all zero; 29 task_attr SIMPLE = 0
+                                                             // 31 add_cdb_len = 0; 32..48 cdb
     put(&mut b, 32, cdb);
     b
 }
@@ -223,9 +223,21 @@ fn cmd_write10_indirect_table_inline() {
     // ib_srp: fmt = SRP_DATA_DESC_INDIRECT << 4, data_out_desc_cnt = count,
     // srp_indirect_buf at 48: table_desc (16) + len (4) + desc_list.
     let descs = [
-        DirectBuf { va: 0x1000, key: 0x11, len: 1024 },
-        DirectBuf { va: 0x5000, key: 0x22, len: 2048 },
-        DirectBuf { va: 0x9000, key: 0x33, len: 1024 },
+        DirectBuf {
+            va: 0x1000,
+            key: 0x11,
+            len: 1024,
+        },
+        DirectBuf {
+            va: 0x5000,
+            key: 0x22,
+            len: 2048,
+        },
+        DirectBuf {
+            va: 0x9000,
+            key: 0x33,
+            len: 1024,
+        },
     ];
     let mut b = cmd_header(0x20, 3, 0, &WRITE10, 48 + 20 + 3 * 16);
     put(&mut b, 48, &0x7777_0000u64.to_be_bytes()); // 48..56 table_desc.va
@@ -242,7 +254,14 @@ fn cmd_write10_indirect_table_inline() {
     let DataDesc::Indirect(ind) = cmd.data_out else {
         panic!("expected indirect, got {:?}", cmd.data_out)
     };
-    assert_eq!(ind.table_desc, DirectBuf { va: 0x7777_0000, key: 0xabcd, len: 48 });
+    assert_eq!(
+        ind.table_desc,
+        DirectBuf {
+            va: 0x7777_0000,
+            key: 0xabcd,
+            len: 48
+        }
+    );
     assert_eq!(ind.total_len, 4096);
     assert_eq!(ind.table_entries(), 3);
     assert!(ind.is_complete());
@@ -295,7 +314,10 @@ fn cmd_write10_immediate_data() {
     let cmd = SrpCmd::decode(&b).unwrap();
     assert_eq!(
         cmd.data_out,
-        DataDesc::Immediate(ImmediateData { offset: 68, data: &data })
+        DataDesc::Immediate(ImmediateData {
+            offset: 68,
+            data: &data
+        })
     );
     assert_eq!(cmd.data_out.transfer_len(), 32);
     assert_eq!(cmd.data_out.descriptors().count(), 0);
@@ -429,7 +451,14 @@ fn small_ius() {
     b[7] = 2;
     b[15] = 3;
     let t = TLogout::decode(&b).unwrap();
-    assert_eq!(t, TLogout { sol_not: 1, reason: TLogoutReason::InvalidIuType, tag: 3 });
+    assert_eq!(
+        t,
+        TLogout {
+            sol_not: 1,
+            reason: TLogoutReason::InvalidIuType,
+            tag: 3
+        }
+    );
     assert_eq!(t.to_vec().unwrap(), b);
 
     // SRP_CRED_REQ: 0 opcode, 1 sol_not, 4..8 req_lim_delta (signed), 8..16 tag
@@ -438,7 +467,14 @@ fn small_ius() {
     put(&mut b, 4, &(-2i32).to_be_bytes());
     b[15] = 4;
     let c = CredReq::decode(&b).unwrap();
-    assert_eq!(c, CredReq { sol_not: 0, req_lim_delta: -2, tag: 4 });
+    assert_eq!(
+        c,
+        CredReq {
+            sol_not: 0,
+            req_lim_delta: -2,
+            tag: 4
+        }
+    );
     assert_eq!(c.to_vec().unwrap(), b);
 
     // SRP_CRED_RSP and SRP_AER_RSP: 0 opcode, 8..16 tag
@@ -471,21 +507,33 @@ fn t_logout_reasons() {
     for v in 0..12u32 {
         assert_eq!(TLogoutReason::from_u32(v).to_u32(), v);
     }
-    assert_eq!(TLogoutReason::from_u32(4), TLogoutReason::MultiChannelAction);
+    assert_eq!(
+        TLogoutReason::from_u32(4),
+        TLogoutReason::MultiChannelAction
+    );
     assert_eq!(TLogoutReason::from_u32(5), TLogoutReason::Other(5));
 }
 
 #[test]
 fn lun_encodings() {
-    assert_eq!(Lun::from_single_level(5).unwrap().0, [0, 5, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        Lun::from_single_level(5).unwrap().0,
+        [0, 5, 0, 0, 0, 0, 0, 0]
+    );
     assert_eq!(
         Lun::from_single_level(300).unwrap().0,
         [0x41, 0x2c, 0, 0, 0, 0, 0, 0]
     );
-    assert_eq!(Lun::from_single_level(0x3fff).unwrap().single_level(), Some(0x3fff));
+    assert_eq!(
+        Lun::from_single_level(0x3fff).unwrap().single_level(),
+        Some(0x3fff)
+    );
     // Linux int_to_scsilun keeps the address method in the number.
     assert_eq!(Lun::from_linux(5), Lun::from_single_level(5).unwrap());
-    assert_eq!(Lun::from_linux(0x412c), Lun::from_single_level(300).unwrap());
+    assert_eq!(
+        Lun::from_linux(0x412c),
+        Lun::from_single_level(300).unwrap()
+    );
     assert_eq!(Lun::from_linux(0x412c).to_linux(), 0x412c);
     assert_eq!(
         Lun::from_linux(0x0001_0002_0003_0004).0,
@@ -505,4 +553,15 @@ fn encode_into_preregistered_buffer_leaves_tail_alone() {
     assert_eq!(buf[0], 0x03);
     assert!(buf[1..15].iter().all(|&x| x == 0));
     assert!(buf[16..].iter().all(|&x| x == 0xaa));
+}
+
+#[test]
+fn tag_of_decoded_and_undecodable_ius() {
+    let mut b = cmd_header(0x01, 0, 0, &READ10, 48); // direct descriptor missing
+    assert!(SrpCmd::decode(&b).is_err());
+    assert_eq!(peek_tag(&b), Some(0x1_0005));
+    assert_eq!(peek_tag(&b[..15]), None);
+    b[5] = 0; // no data: now it decodes
+    let iu = decode_iu(&b).unwrap();
+    assert_eq!((iu.opcode(), iu.tag()), (Opcode::Cmd, 0x1_0005));
 }

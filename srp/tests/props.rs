@@ -82,12 +82,21 @@ enum DescModel {
 }
 
 fn desc_in() -> impl Strategy<Value = DescModel> {
-    let small = (any::<u64>(), any::<u32>(), 0..=1u32 << 24)
-        .prop_map(|(va, key, len)| DirectBuf { va, key, len });
+    let small = (any::<u64>(), any::<u32>(), 0..=1u32 << 24).prop_map(|(va, key, len)| DirectBuf {
+        va,
+        key,
+        len,
+    });
     prop_oneof![
         Just(DescModel::None),
         direct_buf().prop_map(DescModel::Direct),
-        (vec(small, 0..20), 0..4u8, any::<u64>(), any::<u32>(), any::<u32>())
+        (
+            vec(small, 0..20),
+            0..4u8,
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>()
+        )
             .prop_map(|(d, x, va, key, tot)| DescModel::Indirect(d, x, va, key, tot)),
     ]
 }
@@ -196,7 +205,10 @@ fn enc<T: Encode>(v: &T) -> Vec<u8> {
     assert!(big[bytes.len()..].iter().all(|&b| b == 0x5a));
     if !bytes.is_empty() {
         let mut short = vec![0u8; bytes.len() - 1];
-        assert!(matches!(v.encode(&mut short), Err(SrpError::BufferTooSmall { .. })));
+        assert!(matches!(
+            v.encode(&mut short),
+            Err(SrpError::BufferTooSmall { .. })
+        ));
     }
     bytes
 }
@@ -229,8 +241,16 @@ fn decode_all(b: &[u8], imm: u16) {
     if let Ok(c) = SrpCmd::decode_with_imm_offset(b, imm) {
         // Walk everything a target would touch.
         let _ = c.data_out.descriptors().count();
-        let _ = c.data_in.descriptors().map(|d| u64::from(d.len)).sum::<u64>();
-        let _ = (c.data_out.transfer_len(), c.data_in.transfer_len(), c.cdb.len());
+        let _ = c
+            .data_in
+            .descriptors()
+            .map(|d| u64::from(d.len))
+            .sum::<u64>();
+        let _ = (
+            c.data_out.transfer_len(),
+            c.data_in.transfer_len(),
+            c.cdb.len(),
+        );
     }
     reencode_stable(b, imm);
 }
