@@ -104,18 +104,58 @@ pub(crate) static TABLE: [CmdDesc; 25] = [
     // No ANCHOR.
     desc!(Unmap, 0x42, None, [0, 0, 0, 0, 0, GROUP, F, F, 0]),
     desc!(ModeSense10, 0x5A, None, [0x18, F, F, 0, 0, 0, F, F, 0]),
-    desc!(Read16, 0x88, None, [0x1E, F, F, F, F, F, F, F, F, F, F, F, F, GROUP, 0]),
-    desc!(Write16, 0x8A, None, [0x1A, F, F, F, F, F, F, F, F, F, F, F, F, GROUP, 0]),
-    desc!(Verify16, 0x8F, None, [0x10, F, F, F, F, F, F, F, F, F, F, F, F, GROUP, 0]),
-    desc!(SyncCache16, 0x91, None, [0x06, F, F, F, F, F, F, F, F, F, F, F, F, GROUP, 0]),
+    desc!(
+        Read16,
+        0x88,
+        None,
+        [0x1E, F, F, F, F, F, F, F, F, F, F, F, F, GROUP, 0]
+    ),
+    desc!(
+        Write16,
+        0x8A,
+        None,
+        [0x1A, F, F, F, F, F, F, F, F, F, F, F, F, GROUP, 0]
+    ),
+    desc!(
+        Verify16,
+        0x8F,
+        None,
+        [0x10, F, F, F, F, F, F, F, F, F, F, F, F, GROUP, 0]
+    ),
+    desc!(
+        SyncCache16,
+        0x91,
+        None,
+        [0x06, F, F, F, F, F, F, F, F, F, F, F, F, GROUP, 0]
+    ),
     // UNMAP, NDOB.
-    desc!(WriteSame16, 0x93, None, [0x09, F, F, F, F, F, F, F, F, F, F, F, F, GROUP, 0]),
-    desc!(ReadCapacity16, 0x9E, Some(0x10), [0x10, F, F, F, F, F, F, F, F, F, F, F, F, 0x01, 0]),
+    desc!(
+        WriteSame16,
+        0x93,
+        None,
+        [0x09, F, F, F, F, F, F, F, F, F, F, F, F, GROUP, 0]
+    ),
+    desc!(
+        ReadCapacity16,
+        0x9E,
+        Some(0x10),
+        [0x10, F, F, F, F, F, F, F, F, F, F, F, F, 0x01, 0]
+    ),
     desc!(ReportLuns, 0xA0, None, [0, F, 0, 0, 0, F, F, F, F, 0, 0]),
     // RCTD + REPORTING OPTIONS, requested opcode, requested SA, allocation length.
-    desc!(ReportOpcodes, 0xA3, Some(0x0C), [0x0C, 0x87, F, F, F, F, F, F, F, 0, 0]),
+    desc!(
+        ReportOpcodes,
+        0xA3,
+        Some(0x0C),
+        [0x0C, 0x87, F, F, F, F, F, F, F, 0, 0]
+    ),
     desc!(Read12, 0xA8, None, [0x1E, F, F, F, F, F, F, F, F, GROUP, 0]),
-    desc!(Write12, 0xAA, None, [0x1A, F, F, F, F, F, F, F, F, GROUP, 0]),
+    desc!(
+        Write12,
+        0xAA,
+        None,
+        [0x1A, F, F, F, F, F, F, F, F, GROUP, 0]
+    ),
 ];
 
 /// Index into [`TABLE`] by opcode (`NONE` = unsupported). Every supported
@@ -164,14 +204,18 @@ pub(crate) fn decode(cdb: &[u8], caps: &Capabilities) -> Result<&'static CmdDesc
 
 fn check_reserved(desc: &'static CmdDesc, cdb: &[u8]) -> Result<&'static CmdDesc, Sense> {
     let last = desc.len() - 1;
-    for i in 1..last {
-        let mut allowed = desc.usage[i];
-        if i == 1 && desc.sa.is_some() {
-            allowed = (allowed & 0xE0) | 0x1F;
-        }
-        let bad = cdb[i] & !allowed;
+    for (i, (&byte, &usage)) in cdb[..last].iter().zip(desc.usage).enumerate().skip(1) {
+        let allowed = if i == 1 && desc.sa.is_some() {
+            (usage & 0xE0) | 0x1F
+        } else {
+            usage
+        };
+        let bad = byte & !allowed;
         if bad != 0 {
-            return Err(Sense::invalid_field_in_cdb(i as u16, Some(7 - bad.leading_zeros() as u8)));
+            return Err(Sense::invalid_field_in_cdb(
+                i as u16,
+                Some(7 - bad.leading_zeros() as u8),
+            ));
         }
     }
     // Control byte: NACA (bit 2) is not supported; vendor bits and the
@@ -228,13 +272,19 @@ pub struct Transfer {
 
 impl Transfer {
     /// No data phase.
-    pub const NONE: Transfer = Transfer { direction: Direction::None, len: 0 };
+    pub const NONE: Transfer = Transfer {
+        direction: Direction::None,
+        len: 0,
+    };
 
     pub(crate) const fn data_in(len: u64) -> Transfer {
         if len == 0 {
             Transfer::NONE
         } else {
-            Transfer { direction: Direction::In, len }
+            Transfer {
+                direction: Direction::In,
+                len,
+            }
         }
     }
 
@@ -242,7 +292,10 @@ impl Transfer {
         if len == 0 {
             Transfer::NONE
         } else {
-            Transfer { direction: Direction::Out, len }
+            Transfer {
+                direction: Direction::Out,
+                len,
+            }
         }
     }
 }

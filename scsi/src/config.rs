@@ -163,7 +163,11 @@ pub struct LunInfo {
 fn padded<const N: usize>(field: &'static str, s: &str) -> Result<[u8; N], ConfigError> {
     printable(field, s)?;
     if s.len() > N {
-        return Err(ConfigError::TooLong { field, len: s.len(), max: N });
+        return Err(ConfigError::TooLong {
+            field,
+            len: s.len(),
+            max: N,
+        });
     }
     let mut out = [b' '; N];
     out[..s.len()].copy_from_slice(s.as_bytes());

@@ -19,6 +19,25 @@
 //! reports), then a typed decoder reads the fields. READ/WRITE decoding does
 //! not allocate.
 //!
+//! Documented choices:
+//!
+//! - VERIFY(10/16) supports BYTCHK = 0 only: after the range check it
+//!   completes GOOD without reading the medium. BYTCHK != 0 (and VRPROTECT)
+//!   fails with INVALID FIELD IN CDB pointing at byte 1.
+//! - The LU designator in VPD page 0x83 is NAA type 3 (locally assigned,
+//!   low 60 bits of the id) by default, or EUI-64 (full id); see
+//!   [`DesignatorKind`]. A T10 vendor ID designator (vendor + product +
+//!   serial) follows it.
+//! - WRITE SAME requires WSNZ (a zero block count is rejected); with NDOB it
+//!   becomes [`BlockOp::WriteZeroes`]; otherwise the transport fetches the
+//!   block and calls [`BlockOp::with_write_same_data`].
+//! - Without a write cache ([`Capabilities::write_cache`] false) writes are
+//!   FUA and SYNCHRONIZE CACHE completes at once.
+//! - Unit attentions are kept by the transport per I_T nexus;
+//!   [`unit_attention_action`] tells it what to do with one per command.
+//! - LOGICAL UNIT NOT SUPPORTED is 0x25/0x00 (SPC-4); see
+//!   [`execute_absent_lun`].
+//!
 //! ```
 //! use scsi::{BlockOp, Context, Lun, LunConfig, LunInfo, Outcome};
 //!
@@ -58,7 +77,6 @@ pub use config::{
 pub use lun::{execute_absent_lun, BlockOp, Context, Lun, Outcome};
 pub use lunaddr::{decode_lun, encode_lun, MAX_LUN};
 pub use sense::{
-    sense_for_block_failure, BlockFailure, FieldPointer, Sense, SenseKey, Status,
-    FIXED_SENSE_LEN,
+    sense_for_block_failure, BlockFailure, FieldPointer, Sense, SenseKey, Status, FIXED_SENSE_LEN,
 };
 pub use unmap::{UnmapIter, UnmapRange};

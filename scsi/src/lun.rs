@@ -102,7 +102,11 @@ impl BlockOp {
     pub fn with_write_same_data(self, block: &[u8]) -> BlockOp {
         match self {
             BlockOp::WriteSame { lba, blocks, unmap } if block.iter().all(|&b| b == 0) => {
-                BlockOp::WriteZeroes { lba, blocks, may_unmap: unmap }
+                BlockOp::WriteZeroes {
+                    lba,
+                    blocks,
+                    may_unmap: unmap,
+                }
             }
             other => other,
         }
@@ -158,7 +162,8 @@ impl Lun {
             Ok(d) => d,
             Err(s) => return Outcome::Check(s),
         };
-        self.dispatch(desc, cdb, ctx, data_in).unwrap_or_else(Outcome::Check)
+        self.dispatch(desc, cdb, ctx, data_in)
+            .unwrap_or_else(Outcome::Check)
     }
 
     fn dispatch(&self, desc: &CmdDesc, c: &[u8], ctx: &Context<'_>, data_in: &mut [u8]) -> Res {
@@ -226,7 +231,11 @@ impl Lun {
             return DONE;
         }
         Ok(Outcome::Block(if write {
-            BlockOp::Write { lba, blocks, fua: fua || !self.info.caps.write_cache }
+            BlockOp::Write {
+                lba,
+                blocks,
+                fua: fua || !self.info.caps.write_cache,
+            }
         } else {
             BlockOp::Read { lba, blocks, fua }
         }))
@@ -269,7 +278,11 @@ impl Lun {
         }
         self.check_range(lba, u64::from(blocks))?;
         Ok(Outcome::Block(if ndob {
-            BlockOp::WriteZeroes { lba, blocks, may_unmap: unmap }
+            BlockOp::WriteZeroes {
+                lba,
+                blocks,
+                may_unmap: unmap,
+            }
         } else {
             BlockOp::WriteSame { lba, blocks, unmap }
         }))
@@ -321,7 +334,13 @@ impl Lun {
             if page != 0 {
                 return Err(Sense::invalid_field_in_cdb(2, None));
             }
-            standard_inquiry(&mut r, 0x00, &self.info.vendor, &self.info.product, &self.info.revision);
+            standard_inquiry(
+                &mut r,
+                0x00,
+                &self.info.vendor,
+                &self.info.product,
+                &self.info.revision,
+            );
             return Ok(r.done());
         }
         match page {
@@ -383,7 +402,11 @@ impl Lun {
             r.zeros(12);
         }
         r.u32(0); // UGAVALID = 0, UNMAP GRANULARITY ALIGNMENT
-        r.u64(if caps.write_same() { u64::from(l.max_write_same_blocks) } else { 0 });
+        r.u64(if caps.write_same() {
+            u64::from(l.max_write_same_blocks)
+        } else {
+            0
+        });
         r.zeros(20); // atomic transfer limits, reserved
     }
 
@@ -411,7 +434,11 @@ impl Lun {
         let pc = c[2] >> 6;
         let page = c[2] & 0x3F;
         let subpage = c[3];
-        let alloc = if ten { usize::from(be16(c, 7)) } else { usize::from(c[4]) };
+        let alloc = if ten {
+            usize::from(be16(c, 7))
+        } else {
+            usize::from(c[4])
+        };
         if pc == 3 {
             return Err(Sense::SAVING_PARAMETERS_NOT_SUPPORTED);
         }
@@ -467,7 +494,11 @@ impl Lun {
         }
         if caching {
             r.put(&[0x08, 0x12]);
-            r.u8(if caps.write_cache && !changeable { 0x04 } else { 0x00 }); // WCE
+            r.u8(if caps.write_cache && !changeable {
+                0x04
+            } else {
+                0x00
+            }); // WCE
             r.zeros(17);
         }
         if control {
@@ -597,7 +628,13 @@ fn timeouts_descriptor(r: &mut Resp<'_>) {
     r.zeros(10);
 }
 
-fn standard_inquiry(r: &mut Resp<'_>, byte0: u8, vendor: &[u8; 8], product: &[u8; 16], rev: &[u8; 4]) {
+fn standard_inquiry(
+    r: &mut Resp<'_>,
+    byte0: u8,
+    vendor: &[u8; 8],
+    product: &[u8; 16],
+    rev: &[u8; 4],
+) {
     r.u8(byte0); // PERIPHERAL QUALIFIER / DEVICE TYPE
     r.u8(0x00); // RMB = 0
     r.u8(0x06); // VERSION: SPC-4

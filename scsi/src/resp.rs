@@ -58,6 +58,8 @@ impl<'a> Resp<'a> {
 
     /// Finishes: GOOD status with the truncated length.
     pub fn done(self) -> Outcome {
-        Outcome::Done { data_in_len: self.len.min(self.cap) }
+        Outcome::Done {
+            data_in_len: self.len.min(self.cap),
+        }
     }
 }

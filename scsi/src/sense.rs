@@ -128,7 +128,12 @@ pub const FIXED_SENSE_LEN: usize = 18;
 impl Sense {
     /// Builds sense data without a field pointer.
     pub const fn new(key: SenseKey, asc: u8, ascq: u8) -> Sense {
-        Sense { key, asc, ascq, field: None }
+        Sense {
+            key,
+            asc,
+            ascq,
+            field: None,
+        }
     }
 
     /// NO SENSE, 0x00/0x00: nothing to report (REQUEST SENSE with nothing pending).
@@ -142,8 +147,7 @@ impl Sense {
     /// ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED (0x25/0x00, per SPC-4).
     pub const LUN_NOT_SUPPORTED: Sense = Sense::new(SenseKey::IllegalRequest, 0x25, 0x00);
     /// ILLEGAL REQUEST, PARAMETER LIST LENGTH ERROR (0x1A/0x00).
-    pub const PARAMETER_LIST_LENGTH_ERROR: Sense =
-        Sense::new(SenseKey::IllegalRequest, 0x1A, 0x00);
+    pub const PARAMETER_LIST_LENGTH_ERROR: Sense = Sense::new(SenseKey::IllegalRequest, 0x1A, 0x00);
     /// ILLEGAL REQUEST, INVALID FIELD IN PARAMETER LIST (0x26/0x00), without field pointer.
     pub const INVALID_FIELD_IN_PARAMETER_LIST: Sense =
         Sense::new(SenseKey::IllegalRequest, 0x26, 0x00);
@@ -173,7 +177,11 @@ impl Sense {
     /// INVALID FIELD IN CDB with a field pointer at `byte` (and `bit`, if known).
     pub const fn invalid_field_in_cdb(byte: u16, bit: Option<u8>) -> Sense {
         Sense {
-            field: Some(FieldPointer { in_cdb: true, byte, bit }),
+            field: Some(FieldPointer {
+                in_cdb: true,
+                byte,
+                bit,
+            }),
             ..Sense::INVALID_FIELD_IN_CDB
         }
     }
@@ -181,7 +189,11 @@ impl Sense {
     /// INVALID FIELD IN PARAMETER LIST with a field pointer at `byte` (and `bit`).
     pub const fn invalid_field_in_param_list(byte: u16, bit: Option<u8>) -> Sense {
         Sense {
-            field: Some(FieldPointer { in_cdb: false, byte, bit }),
+            field: Some(FieldPointer {
+                in_cdb: false,
+                byte,
+                bit,
+            }),
             ..Sense::INVALID_FIELD_IN_PARAMETER_LIST
         }
     }

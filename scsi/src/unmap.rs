@@ -29,7 +29,10 @@ impl Iterator for UnmapIter<'_> {
             self.descriptors = &self.descriptors[16..];
             let blocks = be32(d, 8);
             if blocks != 0 {
-                return Some(UnmapRange { lba: be64(d, 0), blocks });
+                return Some(UnmapRange {
+                    lba: be64(d, 0),
+                    blocks,
+                });
             }
         }
         None
@@ -80,7 +83,10 @@ impl Lun {
             }
             total += blocks;
             if total > u64::from(limits.max_unmap_lba_count) {
-                return Err(Sense::invalid_field_in_param_list((8 + i * 16 + 8) as u16, None));
+                return Err(Sense::invalid_field_in_param_list(
+                    (8 + i * 16 + 8) as u16,
+                    None,
+                ));
             }
         }
         Ok(UnmapIter { descriptors })

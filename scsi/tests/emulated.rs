@@ -69,7 +69,10 @@ fn vpd_device_identification_eui64() {
         c.id = 0xF123_4567_89AB_CDEF;
     });
     let d = data(&l, &inquiry(true, 0x83, 255));
-    assert_eq!(d[4..16], [0x01, 0x02, 0x00, 0x08, 0xF1, 0x23, 0x45, 0x67, 0x89, 0xAB, 0xCD, 0xEF]);
+    assert_eq!(
+        d[4..16],
+        [0x01, 0x02, 0x00, 0x08, 0xF1, 0x23, 0x45, 0x67, 0x89, 0xAB, 0xCD, 0xEF]
+    );
 }
 
 #[test]
@@ -106,11 +109,20 @@ fn vpd_block_device_characteristics() {
 
 #[test]
 fn vpd_logical_block_provisioning() {
-    assert_eq!(data(&lun(), &inquiry(true, 0xB2, 255)), [0, 0xB2, 0, 4, 0, 0xE4, 0x02, 0]);
+    assert_eq!(
+        data(&lun(), &inquiry(true, 0xB2, 255)),
+        [0, 0xB2, 0, 4, 0, 0xE4, 0x02, 0]
+    );
     let l = lun_with(|c| c.caps.unmap_reads_zero = false);
-    assert_eq!(data(&l, &inquiry(true, 0xB2, 255)), [0, 0xB2, 0, 4, 0, 0xE0, 0x02, 0]);
+    assert_eq!(
+        data(&l, &inquiry(true, 0xB2, 255)),
+        [0, 0xB2, 0, 4, 0, 0xE0, 0x02, 0]
+    );
     let l = lun_with(|c| c.caps.unmap = false);
-    assert_eq!(data(&l, &inquiry(true, 0xB2, 255)), [0, 0xB2, 0, 4, 0, 0, 0, 0]);
+    assert_eq!(
+        data(&l, &inquiry(true, 0xB2, 255)),
+        [0, 0xB2, 0, 4, 0, 0, 0, 0]
+    );
 }
 
 #[test]
@@ -119,7 +131,10 @@ fn inquiry_bad_fields() {
     let s = check(&l, &inquiry(false, 0x80, 255));
     assert_eq!(triple(s), (ILLEGAL, 0x24, 0x00));
     assert_eq!(s, Sense::invalid_field_in_cdb(2, None));
-    assert_eq!(check(&l, &inquiry(true, 0x99, 255)), Sense::invalid_field_in_cdb(2, None));
+    assert_eq!(
+        check(&l, &inquiry(true, 0x99, 255)),
+        Sense::invalid_field_in_cdb(2, None)
+    );
     // CMDDT (obsolete) is a reserved bit here.
     assert_eq!(
         check(&l, &[0x12, 0x02, 0, 0, 36, 0]),
@@ -129,7 +144,10 @@ fn inquiry_bad_fields() {
 
 #[test]
 fn read_capacity_10() {
-    assert_eq!(data(&lun(), &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]), [0, 0, 0xFF, 0xFF, 0, 0, 2, 0]);
+    assert_eq!(
+        data(&lun(), &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        [0, 0, 0xFF, 0xFF, 0, 0, 2, 0]
+    );
     let cases = [
         (0xFFFF_FFFFu64, [0xFF, 0xFF, 0xFF, 0xFE]),
         (0x1_0000_0000, [0xFF; 4]),
@@ -165,7 +183,9 @@ fn read_capacity_16() {
         c.num_blocks = 0x1_2345_6789;
         c.caps.unmap = false;
     });
-    let mut want = vec![0, 0, 0, 0x01, 0x23, 0x45, 0x67, 0x88, 0, 0, 2, 0, 0, 0, 0, 0];
+    let mut want = vec![
+        0, 0, 0, 0x01, 0x23, 0x45, 0x67, 0x88, 0, 0, 2, 0, 0, 0, 0, 0,
+    ];
     want.extend_from_slice(&[0; 16]);
     assert_eq!(data(&l, &rc16(32)), want);
     // Truncated by allocation length.
@@ -184,7 +204,14 @@ fn service_action_in_other_actions_rejected() {
 }
 
 fn mode_sense6(dbd: bool, pc: u8, page: u8, sub: u8, alloc: u8) -> [u8; 6] {
-    [0x1A, if dbd { 0x08 } else { 0 }, (pc << 6) | page, sub, alloc, 0]
+    [
+        0x1A,
+        if dbd { 0x08 } else { 0 },
+        (pc << 6) | page,
+        sub,
+        alloc,
+        0,
+    ]
 }
 
 fn mode_sense10(b1: u8, pc: u8, page: u8, alloc: u16) -> [u8; 10] {
@@ -209,7 +236,10 @@ fn mode_sense6_all_pages() {
     // 0x3F/0xFF: all pages and subpages (we have no subpages).
     assert_eq!(data(&lun(), &mode_sense6(false, 0, 0x3F, 0xFF, 255)), want);
     // Allocation length truncation keeps the full MODE DATA LENGTH.
-    assert_eq!(data(&lun(), &mode_sense6(false, 0, 0x3F, 0, 4)), [43, 0, 0x10, 8]);
+    assert_eq!(
+        data(&lun(), &mode_sense6(false, 0, 0x3F, 0, 4)),
+        [43, 0, 0x10, 8]
+    );
 }
 
 #[test]
@@ -252,9 +282,18 @@ fn mode_sense_write_protect_and_wce() {
 #[test]
 fn mode_sense_bad_page_and_subpage() {
     let l = lun();
-    assert_eq!(check(&l, &mode_sense6(false, 0, 0x1C, 0, 255)), Sense::invalid_field_in_cdb(2, None));
-    assert_eq!(check(&l, &mode_sense6(false, 0, 0x08, 1, 255)), Sense::invalid_field_in_cdb(3, None));
-    assert_eq!(check(&l, &mode_sense10(0, 0, 0x00, 255)), Sense::invalid_field_in_cdb(2, None));
+    assert_eq!(
+        check(&l, &mode_sense6(false, 0, 0x1C, 0, 255)),
+        Sense::invalid_field_in_cdb(2, None)
+    );
+    assert_eq!(
+        check(&l, &mode_sense6(false, 0, 0x08, 1, 255)),
+        Sense::invalid_field_in_cdb(3, None)
+    );
+    assert_eq!(
+        check(&l, &mode_sense10(0, 0, 0x00, 255)),
+        Sense::invalid_field_in_cdb(2, None)
+    );
 }
 
 #[test]
@@ -291,7 +330,10 @@ fn report_luns(select: u8, alloc: u32) -> [u8; 12] {
 #[test]
 fn report_luns_exact() {
     let luns = [0u16, 1, 255, 256, 16383, 16384];
-    let ctx = Context { luns: &luns, pending_sense: None };
+    let ctx = Context {
+        luns: &luns,
+        pending_sense: None,
+    };
     let (out, d) = run_ctx(&lun(), &report_luns(0, 4096), &ctx);
     assert!(matches!(out, Outcome::Done { data_in_len: 48 }));
     let mut want = vec![0, 0, 0, 40, 0, 0, 0, 0];
@@ -331,7 +373,10 @@ fn request_sense() {
     none[0] = 0x70;
     none[7] = 10;
     assert_eq!(data(&l, &[0x03, 0, 0, 0, 252, 0]), none);
-    let ctx = Context { luns: &[], pending_sense: Some(Sense::POWER_ON_RESET) };
+    let ctx = Context {
+        luns: &[],
+        pending_sense: Some(Sense::POWER_ON_RESET),
+    };
     let (_, d) = run_ctx(&l, &[0x03, 0, 0, 0, 252, 0], &ctx);
     let mut ua = [0u8; 18];
     ua[0] = 0x70;
@@ -349,16 +394,41 @@ fn request_sense() {
 #[test]
 fn test_unit_ready_and_start_stop() {
     let l = lun();
-    assert_eq!(run(&l, &[0, 0, 0, 0, 0, 0]).0, Outcome::Done { data_in_len: 0 });
-    assert_eq!(run(&l, &[0x1B, 1, 0, 0, 1, 0]).0, Outcome::Done { data_in_len: 0 });
-    assert_eq!(run(&l, &[0x1B, 0, 0, 0, 0x02, 0]).0, Outcome::Done { data_in_len: 0 });
-    assert_eq!(check(&l, &[0, 1, 0, 0, 0, 0]), Sense::invalid_field_in_cdb(1, Some(0)));
+    assert_eq!(
+        run(&l, &[0, 0, 0, 0, 0, 0]).0,
+        Outcome::Done { data_in_len: 0 }
+    );
+    assert_eq!(
+        run(&l, &[0x1B, 1, 0, 0, 1, 0]).0,
+        Outcome::Done { data_in_len: 0 }
+    );
+    assert_eq!(
+        run(&l, &[0x1B, 0, 0, 0, 0x02, 0]).0,
+        Outcome::Done { data_in_len: 0 }
+    );
+    assert_eq!(
+        check(&l, &[0, 1, 0, 0, 0, 0]),
+        Sense::invalid_field_in_cdb(1, Some(0))
+    );
 }
 
 fn rsoc(rctd: bool, option: u8, op: u8, sa: u16, alloc: u32) -> [u8; 12] {
     let s = sa.to_be_bytes();
     let a = alloc.to_be_bytes();
-    [0xA3, 0x0C, (rctd as u8) << 7 | option, op, s[0], s[1], a[0], a[1], a[2], a[3], 0, 0]
+    [
+        0xA3,
+        0x0C,
+        (rctd as u8) << 7 | option,
+        op,
+        s[0],
+        s[1],
+        a[0],
+        a[1],
+        a[2],
+        a[3],
+        0,
+        0,
+    ]
 }
 
 #[test]
@@ -389,7 +459,10 @@ fn rsoc_all_commands() {
     // RCTD adds a 12-byte command timeouts descriptor to each entry.
     let d = data(&lun(), &rsoc(true, 0, 0, 0, 4096));
     assert_eq!(u32::from_be_bytes([d[0], d[1], d[2], d[3]]), 25 * 20);
-    assert_eq!(d[4..24], [0, 0, 0, 0, 0, 0x02, 0, 6, 0, 0x0A, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        d[4..24],
+        [0, 0, 0, 0, 0, 0x02, 0, 6, 0, 0x0A, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    );
 
     // Truncation.
     assert_eq!(data(&lun(), &rsoc(false, 0, 0, 0, 6)), [0, 0, 0, 200, 0, 0]);
@@ -408,7 +481,10 @@ fn rsoc_one_command() {
     assert_eq!(data(&l, &rsoc(false, 2, 0x9E, 0x10, 4096)), want);
     // With RCTD.
     let d = data(&l, &rsoc(true, 1, 0x00, 0, 4096));
-    assert_eq!(d, [0, 0x83, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0x0A, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        d,
+        [0, 0x83, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0x0A, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    );
     // Not supported.
     assert_eq!(data(&l, &rsoc(false, 1, 0x55, 0, 4096)), [0, 0x01, 0, 0]);
     assert_eq!(data(&l, &rsoc(false, 2, 0x9E, 0x11, 4096)), [0, 0x01, 0, 0]);
@@ -416,9 +492,18 @@ fn rsoc_one_command() {
     assert_eq!(data(&l2, &rsoc(false, 1, 0x42, 0, 4096)), [0, 0x01, 0, 0]);
     assert_eq!(data(&l2, &rsoc(false, 1, 0x93, 0, 4096))[1], 0x03);
     // Wrong reporting option for the opcode.
-    assert_eq!(check(&l, &rsoc(false, 1, 0x9E, 0, 4096)), Sense::invalid_field_in_cdb(3, None));
-    assert_eq!(check(&l, &rsoc(false, 2, 0x28, 0, 4096)), Sense::invalid_field_in_cdb(3, None));
-    assert_eq!(check(&l, &rsoc(false, 3, 0x28, 0, 4096)), Sense::invalid_field_in_cdb(2, None));
+    assert_eq!(
+        check(&l, &rsoc(false, 1, 0x9E, 0, 4096)),
+        Sense::invalid_field_in_cdb(3, None)
+    );
+    assert_eq!(
+        check(&l, &rsoc(false, 2, 0x28, 0, 4096)),
+        Sense::invalid_field_in_cdb(3, None)
+    );
+    assert_eq!(
+        check(&l, &rsoc(false, 3, 0x28, 0, 4096)),
+        Sense::invalid_field_in_cdb(2, None)
+    );
     // Reserved bits in byte 2.
     let mut c = rsoc(false, 0, 0, 0, 4096);
     c[2] |= 0x10;
@@ -464,7 +549,10 @@ fn rsoc_usage_data_matches_accepted_bits() {
 
 #[test]
 fn absent_lun() {
-    let ctx = Context { luns: &[0], pending_sense: None };
+    let ctx = Context {
+        luns: &[0],
+        pending_sense: None,
+    };
     let mut buf = [0u8; 64];
     let out = execute_absent_lun(&[0x12, 0, 0, 0, 36, 0], &ctx, &mut buf);
     assert_eq!(out, Outcome::Done { data_in_len: 36 });
@@ -484,5 +572,8 @@ fn absent_lun() {
     let out = execute_absent_lun(&report_luns(0, 64), &ctx, &mut buf);
     assert_eq!(out, Outcome::Done { data_in_len: 16 });
     assert_eq!(buf[..16], [0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-    assert_eq!(execute_absent_lun(&[], &ctx, &mut buf), Outcome::Check(Sense::LUN_NOT_SUPPORTED));
+    assert_eq!(
+        execute_absent_lun(&[], &ctx, &mut buf),
+        Outcome::Check(Sense::LUN_NOT_SUPPORTED)
+    );
 }

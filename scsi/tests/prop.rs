@@ -8,21 +8,26 @@ use scsi::{execute_absent_lun, BlockOp, Context, Lun, Outcome, SenseKey};
 
 /// Opcodes worth fuzzing harder: every supported one plus a few others.
 const OPS: &[u8] = &[
-    0x00, 0x03, 0x08, 0x0A, 0x12, 0x1A, 0x1B, 0x25, 0x28, 0x2A, 0x2F, 0x35, 0x41, 0x42, 0x5A,
-    0x88, 0x8A, 0x8F, 0x91, 0x93, 0x9E, 0xA0, 0xA3, 0xA8, 0xAA, 0x55, 0x7F,
+    0x00, 0x03, 0x08, 0x0A, 0x12, 0x1A, 0x1B, 0x25, 0x28, 0x2A, 0x2F, 0x35, 0x41, 0x42, 0x5A, 0x88,
+    0x8A, 0x8F, 0x91, 0x93, 0x9E, 0xA0, 0xA3, 0xA8, 0xAA, 0x55, 0x7F,
 ];
 
 fn cdbs() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..32),
-        (proptest::sample::select(OPS), proptest::collection::vec(any::<u8>(), 0..31)).prop_map(
-            |(op, mut rest)| {
+        (
+            proptest::sample::select(OPS),
+            proptest::collection::vec(any::<u8>(), 0..31)
+        )
+            .prop_map(|(op, mut rest)| {
                 rest.insert(0, op);
                 rest
-            }
-        ),
+            }),
         // Mostly-zero CDBs get past the reserved-bit checks more often.
-        (proptest::sample::select(OPS), proptest::collection::vec((0usize..16, any::<u8>()), 0..4))
+        (
+            proptest::sample::select(OPS),
+            proptest::collection::vec((0usize..16, any::<u8>()), 0..4)
+        )
             .prop_map(|(op, pokes)| {
                 let mut c = vec![0u8; 16];
                 c[0] = op;
@@ -40,7 +45,12 @@ fn cdbs() -> impl Strategy<Value = Vec<u8>> {
                 c
             }),
         // Well-formed 16-byte block commands with small ranges.
-        (proptest::sample::select(&[0x88u8, 0x8A, 0x8F, 0x91, 0x93][..]), 0u8..0x20, 0u64..0x20000, 0u32..0x3000)
+        (
+            proptest::sample::select(&[0x88u8, 0x8A, 0x8F, 0x91, 0x93][..]),
+            0u8..0x20,
+            0u64..0x20000,
+            0u32..0x3000
+        )
             .prop_map(|(op, b1, lba, n)| cdb16(op, b1, lba, n).to_vec()),
     ]
 }
@@ -61,7 +71,10 @@ fn luns() -> impl Strategy<Value = Lun> {
 
 fn assert_well_formed(lun: &Lun, out: Outcome, buf_len: usize) {
     let info = lun.info();
-    let in_range = |lba: u64, blocks: u64| lba.checked_add(blocks).is_some_and(|e| e <= info.num_blocks());
+    let in_range = |lba: u64, blocks: u64| {
+        lba.checked_add(blocks)
+            .is_some_and(|e| e <= info.num_blocks())
+    };
     match out {
         Outcome::Done { data_in_len } => assert!(data_in_len <= buf_len),
         Outcome::Check(s) => assert_ne!(s.key, SenseKey::NoSense),
@@ -74,8 +87,16 @@ fn assert_well_formed(lun: &Lun, out: Outcome, buf_len: usize) {
                 }
             }
             BlockOp::Flush { lba, blocks } => assert!(blocks >= 1 && in_range(lba, blocks)),
-            BlockOp::WriteZeroes { lba, blocks, may_unmap }
-            | BlockOp::WriteSame { lba, blocks, unmap: may_unmap } => {
+            BlockOp::WriteZeroes {
+                lba,
+                blocks,
+                may_unmap,
+            }
+            | BlockOp::WriteSame {
+                lba,
+                blocks,
+                unmap: may_unmap,
+            } => {
                 assert!(!info.caps().read_only && info.caps().write_same());
                 assert!(blocks >= 1 && blocks <= info.limits().max_write_same_blocks);
                 assert!(in_range(lba, blocks.into()));

@@ -65,7 +65,10 @@ pub fn run_ctx(lun: &Lun, cdb: &[u8], ctx: &Context<'_>) -> (Outcome, Vec<u8>) {
 /// Executes and expects GOOD; returns the data.
 pub fn data(lun: &Lun, cdb: &[u8]) -> Vec<u8> {
     let (out, d) = run(lun, cdb);
-    assert!(matches!(out, Outcome::Done { .. }), "expected Done, got {out:?}");
+    assert!(
+        matches!(out, Outcome::Done { .. }),
+        "expected Done, got {out:?}"
+    );
     d
 }
 
