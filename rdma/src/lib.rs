@@ -235,6 +235,18 @@ pub struct Mr {
     access: AccessFlags,
 }
 
+impl std::fmt::Debug for Mr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mr")
+            .field("addr", &format_args!("{:#x}", self.addr))
+            .field("len", &self.len)
+            .field("lkey", &format_args!("{:#x}", self.lkey()))
+            .field("rkey", &format_args!("{:#x}", self.rkey()))
+            .field("access", &self.access)
+            .finish()
+    }
+}
+
 enum MrImpl {
     Verbs(verbs::Mr),
     Loopback(loopback::Mr),
@@ -312,6 +324,12 @@ pub struct MrBuf {
     // Field order is drop order: deregister before freeing the memory.
     mr: Mr,
     buf: AlignedBuf,
+}
+
+impl std::fmt::Debug for MrBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("MrBuf").field(&self.mr).finish()
+    }
 }
 
 impl MrBuf {

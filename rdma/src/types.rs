@@ -42,6 +42,10 @@ impl AccessFlags {
     pub const fn contains(self, other: Self) -> bool {
         self.0 & other.0 == other.0
     }
+    /// Both sets of rights.
+    pub const fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
     /// Whether the rights allow a peer to touch the region.
     pub const fn is_remote(self) -> bool {
         self.0 & (Self::REMOTE_WRITE.0 | Self::REMOTE_READ.0) != 0
