@@ -1,0 +1,374 @@
+//! The daemon's state and its JSON-RPC methods.
+//!
+//! Every management operation — from the config file at start-up, from the
+//! RPC socket, from `strata bench` — goes through [`Daemon::call`], so the
+//! config file, `save_config` and the RPC API can never disagree.
+
+use std::sync::{Arc, Mutex};
+
+use bdev::{Bdev, BdevRegistry, IoType};
+use reactor::ReactorHandle;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::rpc::{code, params, Handler, RpcError};
+
+/// The running daemon.
+pub struct Daemon {
+    /// Reactor cores, as configured.
+    pub cores: Vec<usize>,
+    /// Reactor idle sleep, as configured (saved by `save_config`).
+    pub idle_sleep_us: u64,
+    /// Messages to reactors.
+    pub reactors: ReactorHandle,
+    /// All bdevs.
+    pub registry: Arc<BdevRegistry>,
+    /// Serialises management operations (never taken on the data path).
+    control: Mutex<()>,
+}
+
+impl Daemon {
+    /// A daemon over running reactors.
+    pub fn new(cores: Vec<usize>, idle_sleep_us: u64, reactors: ReactorHandle) -> Daemon {
+        Daemon { cores, idle_sleep_us, reactors, registry: Arc::new(BdevRegistry::new()), control: Mutex::new(()) }
+    }
+
+    /// Runs one method.
+    pub fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
+        let handler = METHODS
+            .iter()
+            .find(|(name, _)| *name == method)
+            .map(|(_, h)| *h)
+            .ok_or_else(|| RpcError::new(code::METHOD_NOT_FOUND, format!("unknown method `{method}`")))?;
+        let _guard = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        handler(self, params)
+    }
+
+    /// Tears everything down (users before bases).
+    pub fn shutdown(&self) {
+        let _guard = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        self.registry.clear();
+    }
+}
+
+/// The method table: name → handler. `rpc_get_methods` lists it.
+pub const METHODS: &[(&str, Handler)] = &[
+    ("rpc_get_methods", rpc_get_methods),
+    ("save_config", save_config),
+    ("reactor_get_stats", reactor_get_stats),
+    ("bdev_get_bdevs", bdev_get_bdevs),
+    ("bdev_delete", bdev_delete),
+    ("bdev_null_create", bdev_null_create),
+    ("bdev_malloc_create", bdev_malloc_create),
+    ("bdev_file_create", bdev_file_create),
+    ("bdev_error_create", bdev_error_create),
+    ("bdev_error_inject", bdev_error_inject),
+    ("bdev_delay_create", bdev_delay_create),
+    ("bdev_io", bdev_io),
+];
+
+fn rpc_get_methods(_: &Daemon, p: Value) -> Result<Value, RpcError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct P {}
+    let _: P = params(p)?;
+    Ok(json!(METHODS.iter().map(|(n, _)| *n).collect::<Vec<_>>()))
+}
+
+fn save_config(d: &Daemon, p: Value) -> Result<Value, RpcError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct P {}
+    let _: P = params(p)?;
+    let calls: Vec<Value> = d
+        .registry
+        .creation_calls()
+        .into_iter()
+        .map(|(method, params)| json!({ "method": method, "params": params }))
+        .collect();
+    Ok(json!({ "cores": d.cores, "idle_sleep_us": d.idle_sleep_us, "calls": calls }))
+}
+
+fn reactor_get_stats(d: &Daemon, p: Value) -> Result<Value, RpcError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct P {}
+    let _: P = params(p)?;
+    let stats: Vec<Value> = d
+        .reactors
+        .stats()
+        .into_iter()
+        .map(|s| {
+            json!({
+                "reactor": s.index,
+                "core": s.core,
+                "busy_polls": s.busy_polls,
+                "idle_polls": s.idle_polls,
+                "msgs_sent": s.msgs_sent,
+                "msgs_received": s.msgs_received,
+                "pollers": s.pollers,
+                "timers": s.timers,
+                "inflight": s.inflight,
+            })
+        })
+        .collect();
+    Ok(json!({ "reactors": stats }))
+}
+
+/// The JSON description of one bdev (as `bdev_get_bdevs` returns it).
+pub fn bdev_json(registry: &BdevRegistry, b: &Arc<dyn Bdev>) -> Value {
+    let i = b.info();
+    let supported: serde_json::Map<String, Value> =
+        IoType::ALL.iter().map(|t| (t.name().to_string(), json!(i.caps.supports(*t)))).collect();
+    let claimed_by = registry.claimed_by(&i.name);
+    let mut v = json!({
+        "name": i.name,
+        "kind": i.kind,
+        "block_size": i.block_size,
+        "num_blocks": i.num_blocks,
+        "uuid": bdev::format_uuid(&i.uuid),
+        "claimed": claimed_by.is_some(),
+        "claimed_by": claimed_by,
+        "supported_io_types": supported,
+        "queue_depth": i.queue_depth,
+        "stats": b.stats().to_json(),
+    });
+    if let Some(ds) = b.driver_specific() {
+        v["driver_specific"] = ds;
+    }
+    v
+}
+
+fn bdev_get_bdevs(d: &Daemon, p: Value) -> Result<Value, RpcError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct P {
+        #[serde(default)]
+        name: Option<String>,
+    }
+    let p: P = params(p)?;
+    let list = match p.name {
+        Some(n) => vec![d.registry.get(&n)?],
+        None => d.registry.list(),
+    };
+    Ok(Value::Array(list.iter().map(|b| bdev_json(&d.registry, b)).collect()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameParam {
+    name: String,
+}
+
+fn bdev_delete(d: &Daemon, p: Value) -> Result<Value, RpcError> {
+    let p: NameParam = params(p)?;
+    d.registry.remove(&p.name)?;
+    Ok(json!(true))
+}
+
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct SizedParams {
+    name: String,
+    num_blocks: u64,
+    block_size: u32,
+}
+
+fn register(d: &Daemon, b: Arc<dyn Bdev>, method: &str, p: Value) -> Result<Value, RpcError> {
+    let name = b.info().name.clone();
+    d.registry.add(b, method, p)?;
+    Ok(json!(name))
+}
+
+fn bdev_null_create(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
+    let p: SizedParams = params(raw.clone())?;
+    d.registry.check_new(&p.name, &[])?;
+    let b = Arc::new(bdev::null::create(&p.name, p.num_blocks, p.block_size)?);
+    register(d, b, "bdev_null_create", json!(p))
+}
+
+fn bdev_malloc_create(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
+    let p: SizedParams = params(raw)?;
+    d.registry.check_new(&p.name, &[])?;
+    let b = Arc::new(bdev::malloc::create(&p.name, p.num_blocks, p.block_size)?);
+    register(d, b, "bdev_malloc_create", json!(p))
+}
+
+fn bdev_file_create(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
+    #[derive(Deserialize, serde::Serialize)]
+    #[serde(deny_unknown_fields)]
+    struct P {
+        name: String,
+        filename: String,
+        #[serde(default = "default_block_size")]
+        block_size: u32,
+    }
+    let p: P = params(raw)?;
+    d.registry.check_new(&p.name, &[])?;
+    let b = Arc::new(bdev::file::create(&p.name, &p.filename, p.block_size)?);
+    register(d, b, "bdev_file_create", json!(p))
+}
+
+fn default_block_size() -> u32 {
+    512
+}
+
+fn bdev_error_create(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
+    #[derive(Deserialize, serde::Serialize)]
+    #[serde(deny_unknown_fields)]
+    struct P {
+        name: String,
+        base: String,
+    }
+    let p: P = params(raw)?;
+    d.registry.check_new(&p.name, std::slice::from_ref(&p.base))?;
+    let base = d.registry.get(&p.base)?;
+    let b = Arc::new(bdev::error::create(&p.name, base)?);
+    register(d, b, "bdev_error_create", json!(p))
+}
+
+fn bdev_error_inject(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
+    let p: bdev::error::InjectParams = params(raw)?;
+    let b = d.registry.get(&p.name)?;
+    let e = b
+        .as_any()
+        .downcast_ref::<bdev::error::ErrorBdev>()
+        .ok_or_else(|| RpcError::param("name", format!("`{}` is not an error bdev", p.name)))?;
+    e.inject(&p)?;
+    Ok(json!(true))
+}
+
+fn bdev_delay_create(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
+    #[derive(Deserialize, serde::Serialize)]
+    #[serde(deny_unknown_fields)]
+    struct P {
+        name: String,
+        base: String,
+        #[serde(default)]
+        read_us: u64,
+        #[serde(default)]
+        write_us: u64,
+    }
+    let p: P = params(raw)?;
+    d.registry.check_new(&p.name, std::slice::from_ref(&p.base))?;
+    let base = d.registry.get(&p.base)?;
+    let b = Arc::new(bdev::delay::create(&p.name, base, p.read_us, p.write_us)?);
+    register(d, b, "bdev_delay_create", json!(p))
+}
+
+/// Largest transfer `bdev_io` accepts.
+const BDEV_IO_MAX_BYTES: u64 = 16 << 20;
+
+/// `bdev_io`: one diagnostic I/O through the real data path (a channel on
+/// reactor 0), answered only once the bdev has completed it. `write` stores
+/// a verify pattern derived from `seed` and the block address; `verify`
+/// reads and counts blocks that do not hold that pattern. Used by tests and
+/// scripts to prove what the daemon acknowledged.
+fn bdev_io(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "snake_case")]
+    enum Op {
+        Read,
+        Write,
+        Verify,
+        Flush,
+        Unmap,
+        WriteZeroes,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct P {
+        name: String,
+        op: Op,
+        #[serde(default)]
+        offset_blocks: u64,
+        #[serde(default)]
+        num_blocks: u64,
+        #[serde(default)]
+        seed: u64,
+        #[serde(default)]
+        fua: bool,
+    }
+    let p: P = params(raw)?;
+    let b = d.registry.get(&p.name)?;
+    let bs = b.info().block_size as u64;
+    let has_data = matches!(p.op, Op::Read | Op::Write | Op::Verify);
+    if has_data && p.num_blocks.saturating_mul(bs) > BDEV_IO_MAX_BYTES {
+        return Err(RpcError::param("num_blocks", format!("at most {} bytes per call", BDEV_IO_MAX_BYTES)));
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let op_is_write = matches!(p.op, Op::Write);
+    let op_verify = matches!(p.op, Op::Verify);
+    let (off, n, seed, fua) = (p.offset_blocks, p.num_blocks, p.seed, p.fua);
+    let kind = match p.op {
+        Op::Read | Op::Verify => IoType::Read,
+        Op::Write => IoType::Write,
+        Op::Flush => IoType::Flush,
+        Op::Unmap => IoType::Unmap,
+        Op::WriteZeroes => IoType::WriteZeroes,
+    };
+    d.reactors
+        .send(0, move || {
+            let mut ch = match bdev::open_channel(&b) {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let len = if has_data { (n * bs) as usize } else { 0 };
+            let mut buf = bdev::testing::AlignedBuf::new(len);
+            if op_is_write {
+                bdev::testing::fill_pattern(buf.as_mut_slice(), off, bs as usize, seed);
+            }
+            let iov = [buf.iovec(0, len)];
+            let iovs: &[bdev::IoVec] = if has_data { &iov } else { &[] };
+            let req = bdev::IoRequest { io_type: kind, offset_blocks: off, num_blocks: n, iovs, fua };
+            // SAFETY: `buf` moves into the poller below and is dropped only
+            // after the completion has been reported.
+            if unsafe { ch.submit(&req, 1) }.is_err() {
+                let _ = tx.send(Err("bdev queue is full".to_string()));
+                return;
+            }
+            reactor::inflight_add(1);
+            let id = std::rc::Rc::new(std::cell::Cell::new(None));
+            let id2 = std::rc::Rc::clone(&id);
+            let mut done = false;
+            let pid = reactor::register_poller("bdev_io", move || {
+                if done {
+                    return reactor::Poll::Idle;
+                }
+                let mut status = None;
+                ch.poll(&mut |_, st| status = Some(st));
+                let Some(st) = status else { return reactor::Poll::Idle };
+                done = true;
+                reactor::inflight_sub(1);
+                let mismatched = if op_verify && st.is_ok() {
+                    buf.as_slice()
+                        .chunks(bs as usize)
+                        .enumerate()
+                        .filter(|(i, c)| !bdev::testing::check_pattern(c, off + *i as u64, bs as usize, seed))
+                        .count()
+                } else {
+                    0
+                };
+                let _ = tx.send(Ok((st, mismatched)));
+                if let Some(i) = id2.get() {
+                    reactor::unregister_poller(i);
+                }
+                reactor::Poll::Busy
+            });
+            id.set(Some(pid));
+        })
+        .map_err(|e| RpcError::new(code::FAILED, e.to_string()))?;
+    let r = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .map_err(|_| RpcError::new(code::FAILED, "the I/O did not complete within 60 s"))?
+        .map_err(|e| RpcError::new(code::FAILED, e))?;
+    let (st, mismatched) = r;
+    let mut v = json!({ "status": st.name() });
+    if op_verify {
+        v["mismatched_blocks"] = json!(mismatched);
+    }
+    Ok(v)
+}
