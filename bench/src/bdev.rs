@@ -137,6 +137,9 @@ impl Report {
     }
 }
 
+/// Where a job leaves its result for the control thread.
+type ResultSlot = Arc<Mutex<Option<Result<JobResult, String>>>>;
+
 struct JobResult {
     hist: Histogram<u64>,
     ios: u64,
@@ -148,7 +151,7 @@ struct JobResult {
 pub fn run(reactors: &ReactorHandle, bdev: Arc<dyn Bdev>, p: Params) -> Result<Report, BenchError> {
     let info = bdev.info().clone();
     let bs = info.block_size as usize;
-    if p.io_size == 0 || p.io_size % bs != 0 {
+    if p.io_size == 0 || !p.io_size.is_multiple_of(bs) {
         return Err(BenchError::Param("io_size", format!("{} is not a multiple of the block size {bs}", p.io_size)));
     }
     let blocks_per_io = (p.io_size / bs) as u64;
@@ -167,8 +170,7 @@ pub fn run(reactors: &ReactorHandle, bdev: Arc<dyn Bdev>, p: Params) -> Result<R
     if p.reactors.is_empty() || p.reactors.iter().any(|&r| r >= reactors.len()) {
         return Err(BenchError::Param("reactors", format!("must be indices below {}", reactors.len())));
     }
-    let slots: Vec<Arc<Mutex<Option<Result<JobResult, String>>>>> =
-        p.reactors.iter().map(|_| Arc::new(Mutex::new(None))).collect();
+    let slots: Vec<ResultSlot> = p.reactors.iter().map(|_| Arc::new(Mutex::new(None))).collect();
     for (job, &r) in p.reactors.iter().enumerate() {
         let slot = Arc::clone(&slots[job]);
         let bdev = Arc::clone(&bdev);
@@ -218,7 +220,7 @@ fn start_job(
     bdev: Arc<dyn Bdev>,
     p: Params,
     blocks_per_io: u64,
-    out: Arc<Mutex<Option<Result<JobResult, String>>>>,
+    out: ResultSlot,
 ) {
     let mut ch = match open_channel(&bdev) {
         Ok(c) => c,
