@@ -1,0 +1,542 @@
+//! The raid1 data path: one channel per reactor, owning one child channel
+//! per member (through a [`Port`]). Per-I/O state lives in a fixed slab;
+//! the iovecs of each slot are copied into a per-slot vector allocated when
+//! the channel opens. Nothing here allocates or locks per I/O.
+//!
+//! A write: take its regions (shared) → wait until their bitmap bits are
+//! on disk (writing the bitmap block if needed) → fan out to every write
+//! target → when all answered: release the regions, fail members that
+//! failed, and acknowledge once any failure is recorded in the superblocks.
+//! A read: pick an in-sync member (sequential streams stay, otherwise least
+//! outstanding, write-mostly members last) → on error try the next → on
+//! success after errors, take the regions exclusively, re-read from the
+//! good member and write that back over the bad members.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::*;
+use std::sync::Arc;
+
+use super::port::{Done, Port, SubmitErr, KIND_USER};
+use super::shared::Shared;
+use super::MAX_MEMBERS;
+use crate::{validate, BdevChannel, BdevInfo, CompletionQueue, IoRequest, IoStatus, IoType, IoVec, QueueFull, Slab};
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Phase {
+    Acquire,
+    WaitBitmap,
+    Issue,
+    InFlight,
+    Finish,
+    WaitSb,
+    Read,
+    ReadInFlight,
+    RepairAcquire,
+    RepairRead,
+    RepairReadInFlight,
+    RepairWrite,
+    RepairWriteInFlight,
+    RepairDone,
+}
+
+#[derive(Copy, Clone, Debug)]
+struct Op {
+    tag: u64,
+    io_type: IoType,
+    offset: u64,
+    num: u64,
+    fua: bool,
+    phase: Phase,
+    waiting: bool,
+    /// Regions `[r_first, r_last]`; `[r_first, r_next)` are held.
+    r_first: u64,
+    r_last: u64,
+    r_next: u64,
+    need_bm: bool,
+    to_issue: u8,
+    pending: u8,
+    ok: u8,
+    insync: u8,
+    bad: u8,
+    tried: u8,
+    src: u8,
+    err: IoStatus,
+    sb_need: u64,
+}
+
+enum Next {
+    Wait,
+    InFlight,
+    Done(IoStatus),
+}
+
+pub(crate) struct Raid1Channel {
+    port: Port,
+    shared: Arc<Shared>,
+    info: BdevInfo,
+    ops: Slab<Op>,
+    iovs: Vec<Vec<IoVec>>,
+    waitq: VecDeque<u32>,
+    cq: CompletionQueue,
+    dones: Vec<Done>,
+    last_end: [u64; MAX_MEMBERS],
+    rr: usize,
+}
+
+impl Raid1Channel {
+    pub fn new(shared: Arc<Shared>, info: BdevInfo) -> Raid1Channel {
+        let depth = info.queue_depth;
+        Raid1Channel {
+            port: Port::new(Arc::clone(&shared)),
+            shared,
+            ops: Slab::with_capacity(depth),
+            iovs: (0..depth).map(|_| Vec::with_capacity(info.max_segments)).collect(),
+            waitq: VecDeque::with_capacity(depth),
+            cq: CompletionQueue::with_capacity(depth),
+            dones: Vec::with_capacity(depth * (MAX_MEMBERS + 1)),
+            last_end: [u64::MAX; MAX_MEMBERS],
+            rr: 0,
+            info,
+        }
+    }
+
+    fn step(&mut self, s: u32) {
+        let Some(mut op) = self.ops.get(s).copied() else { return };
+        match self.step_op(s, &mut op) {
+            Next::Done(st) => {
+                self.ops.remove(s);
+                self.cq.push(op.tag, st);
+            }
+            Next::Wait => {
+                if !op.waiting {
+                    op.waiting = true;
+                    self.waitq.push_back(s);
+                }
+                if let Some(o) = self.ops.get_mut(s) {
+                    *o = op;
+                }
+            }
+            Next::InFlight => {
+                if let Some(o) = self.ops.get_mut(s) {
+                    *o = op;
+                }
+            }
+        }
+    }
+
+    fn release_regions(&mut self, op: &mut Op) {
+        for r in op.r_first..op.r_next {
+            self.shared.release_shared(r);
+        }
+        op.r_next = op.r_first;
+    }
+
+    fn release_excl(&mut self, op: &mut Op) {
+        for r in op.r_first..op.r_next {
+            self.shared.release_excl(r);
+        }
+        op.r_next = op.r_first;
+    }
+
+    fn step_op(&mut self, s: u32, op: &mut Op) -> Next {
+        let sh = Arc::clone(&self.shared);
+        loop {
+            match op.phase {
+                Phase::Acquire => {
+                    if sh.read_sources() == 0 {
+                        return Next::Done(IoStatus::PathError);
+                    }
+                    while op.r_next <= op.r_last {
+                        match sh.acquire_shared(op.r_next) {
+                            Ok(on_disk) => {
+                                op.need_bm |= !on_disk;
+                                op.r_next += 1;
+                            }
+                            Err(()) => return Next::Wait,
+                        }
+                    }
+                    op.phase = Phase::WaitBitmap;
+                }
+                Phase::WaitBitmap => {
+                    if op.need_bm {
+                        if sh.read_sources() == 0 {
+                            self.release_regions(op);
+                            return Next::Done(IoStatus::PathError);
+                        }
+                        let mut all = true;
+                        let mut last_b = u64::MAX;
+                        for r in op.r_first..=op.r_last {
+                            if !sh.on_disk(r) {
+                                all = false;
+                                let b = sh.bm_block_of(r);
+                                if b != last_b {
+                                    self.port.persist_bitmap(b);
+                                    last_b = b;
+                                }
+                            }
+                        }
+                        if !all {
+                            return Next::Wait;
+                        }
+                        op.need_bm = false;
+                    }
+                    op.to_issue = self.port.live_targets();
+                    op.insync = sh.read_sources() & op.to_issue;
+                    if op.insync == 0 {
+                        self.release_regions(op);
+                        return Next::Done(IoStatus::PathError);
+                    }
+                    op.phase = Phase::Issue;
+                }
+                Phase::Issue => {
+                    let off = if op.io_type.has_range() { op.offset + sh.layout.data_offset } else { 0 };
+                    for m in 0..MAX_MEMBERS {
+                        if op.to_issue & (1 << m) == 0 {
+                            continue;
+                        }
+                        let req = IoRequest {
+                            io_type: op.io_type,
+                            offset_blocks: off,
+                            num_blocks: op.num,
+                            iovs: &self.iovs[s as usize],
+                            fua: op.fua,
+                        };
+                        // SAFETY: the iovecs are the submitter's, lent to us
+                        // until we report this op, which happens only after
+                        // every child completed.
+                        match unsafe { self.port.submit(m, &req, KIND_USER, s) } {
+                            Ok(()) => {
+                                op.pending += 1;
+                                op.to_issue &= !(1 << m);
+                            }
+                            Err(SubmitErr::Gone) => op.to_issue &= !(1 << m),
+                            Err(SubmitErr::Full) => {}
+                        }
+                    }
+                    if op.to_issue != 0 {
+                        return Next::Wait;
+                    }
+                    if op.pending > 0 {
+                        op.phase = Phase::InFlight;
+                        return Next::InFlight;
+                    }
+                    op.phase = Phase::Finish;
+                }
+                Phase::InFlight | Phase::ReadInFlight | Phase::RepairReadInFlight | Phase::RepairWriteInFlight => {
+                    return Next::InFlight
+                }
+                Phase::Finish => {
+                    self.release_regions(op);
+                    if op.io_type == IoType::Reset {
+                        return Next::Done(IoStatus::Success);
+                    }
+                    if op.ok & op.insync == 0 {
+                        return Next::Done(if op.err.is_ok() { IoStatus::PathError } else { op.err });
+                    }
+                    op.sb_need = sh.fail_gen.load(Acquire);
+                    op.phase = Phase::WaitSb;
+                }
+                Phase::WaitSb => {
+                    if sh.sb_done.load(Acquire) >= op.sb_need {
+                        return Next::Done(IoStatus::Success);
+                    }
+                    self.port.persist_sb();
+                    return Next::Wait;
+                }
+                Phase::Read => {
+                    let mut sources = sh.read_sources() & !op.tried;
+                    for m in 0..MAX_MEMBERS {
+                        if !self.port.attached(m) {
+                            sources &= !(1 << m);
+                        }
+                    }
+                    if sources == 0 {
+                        return Next::Done(if op.err.is_ok() { IoStatus::PathError } else { op.err });
+                    }
+                    let m = self.pick(op, sources);
+                    let req = IoRequest::read(op.offset + sh.layout.data_offset, op.num, &self.iovs[s as usize]);
+                    // SAFETY: as for writes: lent until we report the op.
+                    match unsafe { self.port.submit(m, &req, KIND_USER, s) } {
+                        Ok(()) => {
+                            op.src = m as u8;
+                            op.tried |= 1 << m;
+                            op.pending = 1;
+                            self.last_end[m] = op.offset + op.num;
+                            op.phase = Phase::ReadInFlight;
+                            return Next::InFlight;
+                        }
+                        Err(SubmitErr::Gone) => op.tried |= 1 << m,
+                        Err(SubmitErr::Full) => return Next::Wait,
+                    }
+                }
+                Phase::RepairAcquire => {
+                    while op.r_next <= op.r_last {
+                        if !sh.acquire_excl(op.r_next) {
+                            return Next::Wait;
+                        }
+                        op.r_next += 1;
+                    }
+                    op.phase = Phase::RepairRead;
+                }
+                Phase::RepairRead => {
+                    let m = op.src as usize;
+                    let req = IoRequest::read(op.offset + sh.layout.data_offset, op.num, &self.iovs[s as usize]);
+                    // SAFETY: as above.
+                    match unsafe { self.port.submit(m, &req, KIND_USER, s) } {
+                        Ok(()) => {
+                            op.pending = 1;
+                            op.phase = Phase::RepairReadInFlight;
+                            return Next::InFlight;
+                        }
+                        Err(SubmitErr::Full) => return Next::Wait,
+                        Err(SubmitErr::Gone) => {
+                            self.release_excl(op);
+                            return Next::Done(IoStatus::PathError);
+                        }
+                    }
+                }
+                Phase::RepairWrite => {
+                    let off = op.offset + sh.layout.data_offset;
+                    for m in 0..MAX_MEMBERS {
+                        if op.to_issue & (1 << m) == 0 {
+                            continue;
+                        }
+                        let req = IoRequest::write(off, op.num, &self.iovs[s as usize]);
+                        // SAFETY: as above (we only read the user's buffer).
+                        match unsafe { self.port.submit(m, &req, KIND_USER, s) } {
+                            Ok(()) => {
+                                op.pending += 1;
+                                op.to_issue &= !(1 << m);
+                            }
+                            Err(SubmitErr::Gone) => op.to_issue &= !(1 << m),
+                            Err(SubmitErr::Full) => {}
+                        }
+                    }
+                    if op.to_issue != 0 {
+                        return Next::Wait;
+                    }
+                    if op.pending > 0 {
+                        op.phase = Phase::RepairWriteInFlight;
+                        return Next::InFlight;
+                    }
+                    op.phase = Phase::RepairDone;
+                }
+                Phase::RepairDone => {
+                    self.release_excl(op);
+                    sh.read_repairs.fetch_add(1, Relaxed);
+                    return Next::Done(IoStatus::Success);
+                }
+            }
+        }
+    }
+
+    /// Chooses the member to read from among `sources`.
+    fn pick(&mut self, op: &Op, sources: u8) -> usize {
+        let sh = &self.shared;
+        if sh.resync_active.load(Acquire) && op.r_last >= sh.resync_cursor.load(Acquire) {
+            let p = sh.primary.load(Acquire);
+            if sources & (1 << p) != 0 {
+                return p;
+            }
+        }
+        let mut cand = sources;
+        for m in 0..MAX_MEMBERS {
+            if cand & (1 << m) != 0 && sh.roles[m].write_mostly.load(Relaxed) {
+                cand &= !(1 << m);
+            }
+        }
+        if cand == 0 {
+            cand = sources;
+        }
+        for m in 0..MAX_MEMBERS {
+            if cand & (1 << m) != 0 && self.last_end[m] == op.offset {
+                return m;
+            }
+        }
+        self.rr = self.rr.wrapping_add(1);
+        let mut best = usize::MAX;
+        let mut best_q = u32::MAX;
+        for k in 0..MAX_MEMBERS {
+            let m = (k + self.rr) % MAX_MEMBERS;
+            if cand & (1 << m) != 0 && self.port.outstanding[m] < best_q {
+                best = m;
+                best_q = self.port.outstanding[m];
+            }
+        }
+        best
+    }
+
+    fn on_done(&mut self, d: Done) {
+        if d.kind != KIND_USER {
+            return;
+        }
+        let s = d.idx;
+        let Some(mut op) = self.ops.get(s).copied() else { return };
+        let bit = 1u8 << d.member;
+        let ok = d.status.is_ok() && d.current;
+        op.pending = op.pending.saturating_sub(1);
+        let mut step = false;
+        match op.phase {
+            Phase::Issue | Phase::InFlight => {
+                if ok {
+                    op.ok |= bit;
+                } else {
+                    if d.current && d.status != IoStatus::Aborted && op.io_type != IoType::Reset {
+                        self.shared.fail_io(d.member, "write failed");
+                    }
+                    op.bad |= bit;
+                    op.err = if d.current { d.status } else { IoStatus::PathError };
+                }
+                if op.pending == 0 && op.to_issue == 0 {
+                    op.phase = Phase::Finish;
+                    step = true;
+                }
+            }
+            Phase::ReadInFlight => {
+                if ok {
+                    if op.bad != 0 {
+                        op.phase = Phase::RepairAcquire;
+                        op.r_next = op.r_first;
+                    } else {
+                        self.ops.remove(s);
+                        self.cq.push(op.tag, IoStatus::Success);
+                        return;
+                    }
+                } else {
+                    if d.current {
+                        op.bad |= bit;
+                    }
+                    op.err = if d.current { d.status } else { IoStatus::PathError };
+                    op.phase = Phase::Read;
+                }
+                step = true;
+            }
+            Phase::RepairReadInFlight => {
+                if ok {
+                    op.to_issue = op.bad & self.port.live_targets();
+                    op.phase = Phase::RepairWrite;
+                } else {
+                    self.release_excl(&mut op);
+                    self.ops.remove(s);
+                    self.cq.push(op.tag, d.status);
+                    return;
+                }
+                step = true;
+            }
+            Phase::RepairWrite | Phase::RepairWriteInFlight => {
+                if !ok && d.current {
+                    self.shared.fail_io(d.member, "read repair write failed");
+                }
+                if op.pending == 0 && op.to_issue == 0 {
+                    op.phase = Phase::RepairDone;
+                    step = true;
+                }
+            }
+            _ => {}
+        }
+        if let Some(o) = self.ops.get_mut(s) {
+            *o = op;
+        }
+        if step && !op.waiting {
+            self.step(s);
+        }
+    }
+}
+
+impl BdevChannel for Raid1Channel {
+    unsafe fn submit(&mut self, req: &IoRequest<'_>, tag: u64) -> Result<(), QueueFull> {
+        if self.ops.is_full() || self.cq.len() >= self.info.queue_depth {
+            return Err(QueueFull);
+        }
+        if let Err(st) = validate(&self.info, req) {
+            self.cq.push(tag, st);
+            return Ok(());
+        }
+        let sh = &self.shared;
+        let ranged = req.io_type.has_range();
+        let (r_first, r_last) =
+            if ranged { (sh.region_of(req.offset_blocks), sh.region_of(req.offset_blocks + req.num_blocks - 1)) } else { (1, 0) };
+        let op = Op {
+            tag,
+            io_type: req.io_type,
+            offset: req.offset_blocks,
+            num: req.num_blocks,
+            fua: req.fua,
+            phase: if req.io_type == IoType::Read { Phase::Read } else { Phase::Acquire },
+            waiting: false,
+            r_first,
+            r_last,
+            r_next: r_first,
+            need_bm: false,
+            to_issue: 0,
+            pending: 0,
+            ok: 0,
+            insync: 0,
+            bad: 0,
+            tried: 0,
+            src: 0,
+            err: IoStatus::Success,
+            sb_need: 0,
+        };
+        let Ok(s) = self.ops.insert(op) else { return Err(QueueFull) };
+        let v = &mut self.iovs[s as usize];
+        v.clear();
+        v.extend_from_slice(req.iovs);
+        self.port.refresh();
+        self.step(s);
+        Ok(())
+    }
+
+    fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
+        self.port.refresh();
+        let mut dones = std::mem::take(&mut self.dones);
+        self.port.poll(&mut |d| dones.push(d));
+        for d in dones.drain(..) {
+            self.on_done(d);
+        }
+        self.dones = dones;
+        for _ in 0..self.waitq.len() {
+            let Some(s) = self.waitq.pop_front() else { break };
+            match self.ops.get_mut(s) {
+                Some(o) if o.waiting => o.waiting = false,
+                _ => continue,
+            }
+            self.step(s);
+        }
+        self.cq.drain(done)
+    }
+
+    fn inflight(&self) -> usize {
+        self.ops.len() + self.cq.len()
+    }
+}
+
+impl Drop for Raid1Channel {
+    fn drop(&mut self) {
+        // Give back what abandoned requests hold so other channels go on.
+        let held: Vec<Op> = self.ops.iter().map(|(_, o)| *o).collect();
+        for op in held {
+            match op.phase {
+                Phase::RepairAcquire
+                | Phase::RepairRead
+                | Phase::RepairReadInFlight
+                | Phase::RepairWrite
+                | Phase::RepairWriteInFlight
+                | Phase::RepairDone => {
+                    for r in op.r_first..op.r_next {
+                        self.shared.release_excl(r);
+                    }
+                    if op.phase == Phase::RepairAcquire && op.r_next <= op.r_last {
+                        self.shared.cancel_wait(op.r_next);
+                    }
+                }
+                Phase::Read | Phase::ReadInFlight => {}
+                _ => {
+                    for r in op.r_first..op.r_next {
+                        self.shared.release_shared(r);
+                    }
+                }
+            }
+        }
+    }
+}
