@@ -171,6 +171,7 @@ fn serve(mut p: lexopt::Parser) -> Result<i32, CliError> {
     let sig = reactor::wait_for_termination();
     tracing::info!(signal = sig, "shutting down: no new I/O, draining");
     server.stop();
+    daemon.stop_frontends();
     let drained = set.shutdown();
     daemon.shutdown();
     if drained {

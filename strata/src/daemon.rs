@@ -23,6 +23,8 @@ pub struct Daemon {
     pub reactors: ReactorHandle,
     /// All bdevs.
     pub registry: Arc<BdevRegistry>,
+    /// vhost-user-blk controllers, in creation order.
+    vhost: Mutex<Vec<vhost::Controller>>,
     /// Serialises management operations (never taken on the data path).
     control: Mutex<()>,
 }
@@ -30,7 +32,14 @@ pub struct Daemon {
 impl Daemon {
     /// A daemon over running reactors.
     pub fn new(cores: Vec<usize>, idle_sleep_us: u64, reactors: ReactorHandle) -> Daemon {
-        Daemon { cores, idle_sleep_us, reactors, registry: Arc::new(BdevRegistry::new()), control: Mutex::new(()) }
+        Daemon {
+            cores,
+            idle_sleep_us,
+            reactors,
+            registry: Arc::new(BdevRegistry::new()),
+            vhost: Mutex::new(Vec::new()),
+            control: Mutex::new(()),
+        }
     }
 
     /// Runs one method.
@@ -44,8 +53,22 @@ impl Daemon {
         handler(self, params)
     }
 
-    /// Tears everything down (users before bases).
+    /// Stops the front ends: they take no new I/O and complete what they
+    /// hold (needs the reactors still running).
+    pub fn stop_frontends(&self) {
+        let _guard = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        let ctrls: Vec<vhost::Controller> = lock(&self.vhost).drain(..).collect();
+        for c in ctrls.into_iter().rev() {
+            let name = c.name().to_string();
+            let bdev = c.params().bdev.clone();
+            c.delete();
+            self.registry.release(&bdev, &vhost_owner(&name));
+        }
+    }
+
+    /// Tears everything down (front ends, then bdevs users before bases).
     pub fn shutdown(&self) {
+        self.stop_frontends();
         let _guard = self.control.lock().unwrap_or_else(|e| e.into_inner());
         self.registry.clear();
     }
@@ -65,7 +88,18 @@ pub const METHODS: &[(&str, Handler)] = &[
     ("bdev_error_inject", bdev_error_inject),
     ("bdev_delay_create", bdev_delay_create),
     ("bdev_io", bdev_io),
+    ("vhost_blk_create", vhost_blk_create),
+    ("vhost_get_controllers", vhost_get_controllers),
+    ("vhost_delete_controller", vhost_delete_controller),
 ];
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn vhost_owner(ctrlr: &str) -> String {
+    format!("vhost:{ctrlr}")
+}
 
 fn rpc_get_methods(_: &Daemon, p: Value) -> Result<Value, RpcError> {
     #[derive(Deserialize)]
@@ -85,6 +119,7 @@ fn save_config(d: &Daemon, p: Value) -> Result<Value, RpcError> {
         .creation_calls()
         .into_iter()
         .map(|(method, params)| json!({ "method": method, "params": params }))
+        .chain(lock(&d.vhost).iter().map(|c| json!({ "method": "vhost_blk_create", "params": c.params() })))
         .collect();
     Ok(json!({ "cores": d.cores, "idle_sleep_us": d.idle_sleep_us, "calls": calls }))
 }
@@ -371,4 +406,69 @@ fn bdev_io(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
         v["mismatched_blocks"] = json!(mismatched);
     }
     Ok(v)
+}
+
+impl From<vhost::VhostError> for RpcError {
+    fn from(e: vhost::VhostError) -> Self {
+        match e {
+            vhost::VhostError::InvalidParam { field, reason } => RpcError::param(field, reason),
+            vhost::VhostError::NumQueues(n) => RpcError::param("num_queues", format!("must be between 1 and {}, got {n}", vhost::MAX_QUEUES)),
+            vhost::VhostError::UnknownCore { .. } => RpcError::param("cores", e.to_string()),
+            other => RpcError::new(code::FAILED, crate::rpc::error_chain(&other)),
+        }
+    }
+}
+
+fn vhost_blk_create(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
+    let p: vhost::VhostBlkParams = params(raw)?;
+    if lock(&d.vhost).iter().any(|c| c.name() == p.name) {
+        return Err(RpcError::new(code::EXISTS, format!("vhost controller `{}` already exists", p.name)));
+    }
+    let owner = vhost_owner(&p.name);
+    let bdev = d.registry.claim(&p.bdev, &owner)?;
+    match vhost::Controller::create(p.clone(), bdev, d.reactors.clone()) {
+        Ok(c) => {
+            lock(&d.vhost).push(c);
+            Ok(json!(p.name))
+        }
+        Err(e) => {
+            d.registry.release(&p.bdev, &owner);
+            Err(e.into())
+        }
+    }
+}
+
+fn vhost_get_controllers(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct P {
+        #[serde(default)]
+        name: Option<String>,
+    }
+    let p: P = params(raw)?;
+    let list = lock(&d.vhost);
+    if let Some(n) = &p.name {
+        if !list.iter().any(|c| c.name() == n) {
+            return Err(RpcError::new(code::NOT_FOUND, format!("vhost controller `{n}` does not exist")));
+        }
+    }
+    Ok(Value::Array(
+        list.iter().filter(|c| p.name.as_deref().is_none_or(|n| c.name() == n)).map(|c| c.info()).collect(),
+    ))
+}
+
+fn vhost_delete_controller(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
+    let p: NameParam = params(raw)?;
+    let c = {
+        let mut list = lock(&d.vhost);
+        let i = list
+            .iter()
+            .position(|c| c.name() == p.name)
+            .ok_or_else(|| RpcError::new(code::NOT_FOUND, format!("vhost controller `{}` does not exist", p.name)))?;
+        list.remove(i)
+    };
+    let bdev = c.params().bdev.clone();
+    c.delete();
+    d.registry.release(&bdev, &vhost_owner(&p.name));
+    Ok(json!(true))
 }

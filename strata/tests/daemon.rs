@@ -17,9 +17,15 @@ fn alive(s: &Serve) {
 }
 
 #[test]
-fn default_config_serves_a_malloc_bdev_and_socket_is_private() {
+fn default_config_serves_a_malloc_bdev_over_vhost_and_socket_is_private() {
     let dir = scratch();
-    let s = Serve::start(dir.path(), &[]);
+    let s = Serve::start(dir.path(), &["--embedded-default"]);
+    let c = s.ok("vhost_get_controllers", json!({}));
+    assert_eq!(c[0]["ctrlr"], "vhost0");
+    assert_eq!(c[0]["bdev"], "Malloc0");
+    assert_eq!(c[0]["socket"], "/var/tmp/strata-vhost0.sock");
+    assert!(std::path::Path::new("/var/tmp/strata-vhost0.sock").exists());
+    assert_eq!(s.call("bdev_delete", json!({"name": "Malloc0"})), Err((-32003, "bdev `Malloc0` is in use by `vhost:vhost0`".into())));
     let mode = std::fs::metadata(&s.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let b = s.ok("bdev_get_bdevs", json!({}));

@@ -26,8 +26,20 @@ pub struct Serve {
 }
 
 impl Serve {
-    /// Starts `strata serve` with extra args; waits until its socket answers.
+    /// Starts `strata serve` with extra args (a 64 MiB `Malloc0` unless
+    /// `--config` is among them); waits until its socket answers.
     pub fn start(dir: &Path, extra: &[&str]) -> Serve {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if !extra.contains(&"--config") && !extra.contains(&"--embedded-default") {
+            let cfg = dir.join("malloc0.json");
+            std::fs::write(
+                &cfg,
+                r#"{"calls": [{"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 131072, "block_size": 512}}]}"#,
+            )
+            .unwrap();
+            args.extend(["--config".to_string(), cfg.to_string_lossy().into_owned()]);
+        }
+        args.retain(|a| a != "--embedded-default");
         let socket = dir.join(format!("rpc-{}.sock", std::process::id()));
         let log = dir.join("serve.log");
         let logf = std::fs::File::create(&log).unwrap();
@@ -36,7 +48,7 @@ impl Serve {
             .arg("--rpc-socket")
             .arg(&socket)
             .args(["--idle-sleep-us", "200", "--cores", "0"])
-            .args(extra)
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()
