@@ -200,7 +200,8 @@ impl Side {
         let cq = Cq::new(&ctx, 1024).ctx("create CQ")?;
         Ok(Side { chan, ctx, pd, cq, id: None })
     }
-    fn id(&mut self) -> &mut CmId {
+    /// The connection's id (panics before the side is connected).
+    pub fn id(&mut self) -> &mut CmId {
         self.id.as_mut().expect("connected side has an id")
     }
 }
@@ -290,7 +291,9 @@ fn accept_pending(env: &Env, mut p: Pending, apdata: &[u8]) -> Result<(Pair, Pri
     Ok((Pair { server: p.server, client: p.client, _listener: p._listener }, cpd, apd))
 }
 
-fn connect_pair(env: &Env, off: u16) -> Result<Pair, String> {
+/// Listens on `port + off`, connects a client to it, accepts: a connected
+/// pair with 256-deep queues and 4 SGEs, one 1024-entry CQ per side.
+pub fn connect_pair(env: &Env, off: u16) -> Result<Pair, String> {
     let p = start(env, off, b"strata")?;
     Ok(accept_pending(env, p, b"welcome")?.0)
 }
@@ -697,7 +700,8 @@ fn expect_disconnected(env: &Env, chan: &mut CmChannel, who: &str) -> CaseResult
     }
 }
 
-/// Disconnect flushes posted RECVs with WrFlush, on both sides.
+/// Disconnect flushes posted RECVs with WrFlush, on both sides; the peer
+/// gets Disconnected, and the disconnecting side once the peer answers.
 pub fn disconnect_flushes_recvs(env: &Env) -> CaseResult {
     const K: u64 = 8;
     let mut pair = connect_pair(env, 0)?;
@@ -717,12 +721,14 @@ pub fn disconnect_flushes_recvs(env: &Env) -> CaseResult {
         ensure(c.status == WcStatus::WrFlush && c.wr_id == 100 + i as u64, || format!("client flush {i}: {c:?}"))?;
     }
     expect_disconnected(env, &mut pair.server.chan, "server")?;
-    expect_disconnected(env, &mut pair.client.chan, "client")?;
+    // The peer's RECVs stay posted until it disconnects too (which answers
+    // the client's disconnect: only then does the client get Disconnected).
     pair.server.id().disconnect().ctx("disconnect (server)")?;
     let sc = wait_completions(env, &mut pair.server.cq, K as usize, "server flushes")?;
     for (i, c) in sc.iter().enumerate() {
         ensure(c.status == WcStatus::WrFlush && c.wr_id == 200 + i as u64, || format!("server flush {i}: {c:?}"))?;
     }
+    expect_disconnected(env, &mut pair.client.chan, "client")?;
     pair.client.id().disconnect().ctx("second disconnect is a no-op")?;
     Ok(())
 }

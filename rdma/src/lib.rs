@@ -402,6 +402,9 @@ impl MrBuf {
 // SAFETY: the buffer is a plain heap allocation owned by the MrBuf; moving it
 // to another thread moves that ownership.
 unsafe impl Send for AlignedBuf {}
+// SAFETY: `&AlignedBuf` only allows reads (`MrBuf::as_slice`); writes need
+// `&mut`, as for a `Vec<u8>`.
+unsafe impl Sync for AlignedBuf {}
 
 struct AlignedBuf {
     ptr: *mut u8,
@@ -740,8 +743,11 @@ impl CmId {
         dispatch!(mut self, i => i.reject(private_data))
     }
     /// Disconnects (`rdma_disconnect`): the local QP enters the error state
-    /// and its posted work completes with `WrFlush`; both sides get
-    /// Disconnected (unless already told). Idempotent.
+    /// and its posted work completes with `WrFlush`. The peer gets
+    /// Disconnected at once; this side gets it when the peer answers (calls
+    /// `disconnect` or drops its id), or on verbs after the CM's DREQ
+    /// time-out. Call it on Disconnected to answer the peer and flush the
+    /// local QP. Idempotent.
     pub fn disconnect(&mut self) -> Result<()> {
         dispatch!(mut self, i => i.disconnect())
     }

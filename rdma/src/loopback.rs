@@ -15,9 +15,12 @@
 //!   on the receiver and `RemoteInvalidRequest` on the sender.
 //! - A QP in the error state completes everything posted, and everything
 //!   posted later, with `WrFlush`. Disconnect (or dropping the CM id) puts the
-//!   local QP in the error state and tells both sides `Disconnected` (then
-//!   `TimewaitExit`); the peer's later sends complete with `RetryExceeded`, as
-//!   when a real peer vanishes.
+//!   local QP in the error state and tells the peer `Disconnected` at once;
+//!   the disconnecting side gets its `Disconnected` (then `TimewaitExit`)
+//!   when the peer answers by calling `disconnect` or dropping its id — the
+//!   IB CM's DREQ/DREP (on verbs it also comes after the DREQ time-out if the
+//!   peer never answers; loopback has no such timer). The peer's later sends
+//!   complete with `RetryExceeded`, as when a real peer vanishes.
 //! - Private data is padded like the IB CM pads it (56 / 196 / 148 bytes).
 //!
 //! Work executes when posted (or when the RECV it waited for is posted), so
@@ -270,6 +273,9 @@ struct QpBody {
     peer: Option<QpRef>,
     connecting: bool,
     notified: bool,
+    /// The QP whose disconnect this one has not answered yet (the IB CM's
+    /// DREP): it is told Disconnected when this one disconnects or goes away.
+    drep_to: Option<QpRef>,
     route: CmRoute,
     sq: VecDeque<SendWqe>,
     rq: VecDeque<RecvWqe>,
@@ -641,30 +647,44 @@ impl Engine {
         }
     }
 
-    /// Puts `a` in the error state and tells both sides Disconnected.
+    /// Puts `a` in the error state (its work flushes). A connected peer is
+    /// told Disconnected at once (the DREQ); `a` itself is told when the peer
+    /// answers by disconnecting or going away (the DREP), as with the IB CM.
+    /// `a` answers a peer's earlier disconnect the same way.
     fn disconnect(&mut self, a: QpRef, notify_self: bool, out: &mut Outbox) {
         let Some(qa) = self.qp(a) else { return };
         let peer = qa.peer.take();
+        let answer = qa.drep_to.take();
         qa.connecting = false;
         if qa.state != QpState::Error {
             qa.flush_all();
         }
-        let was_up = peer.is_some();
-        if notify_self && was_up && !qa.notified {
-            qa.notified = true;
-            out.push(&qa.route, CmEventKind::Disconnected);
-            out.push(&qa.route, CmEventKind::TimewaitExit);
-        }
         if let Some(p) = peer {
             if let Some(qb) = self.qp(p) {
                 qb.peer = None;
+                if notify_self {
+                    qb.drep_to = Some(a);
+                }
                 if !qb.notified {
                     qb.notified = true;
                     out.push(&qb.route, CmEventKind::Disconnected);
-                    out.push(&qb.route, CmEventKind::TimewaitExit);
                 }
             }
             self.progress(p);
+        }
+        if let Some(w) = answer {
+            if let Some(qw) = self.qp(w) {
+                if !qw.notified {
+                    qw.notified = true;
+                    out.push(&qw.route, CmEventKind::Disconnected);
+                    out.push(&qw.route, CmEventKind::TimewaitExit);
+                }
+            }
+            if let Some(qa) = self.qp(a) {
+                if notify_self {
+                    out.push(&qa.route, CmEventKind::TimewaitExit);
+                }
+            }
         }
         tracing::debug!(qp = a.idx, "loopback disconnect");
     }
@@ -843,6 +863,7 @@ impl CmId {
             peer: None,
             connecting: false,
             notified: false,
+            drep_to: None,
             route: self.route(),
             sq: VecDeque::with_capacity(caps.max_send_wr as usize),
             rq: VecDeque::with_capacity(caps.max_recv_wr as usize),
