@@ -13,9 +13,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::{
-    AccessFlags, CmChannel, CmEvent, CmEventKind, CmId, Completion, ConnectOptions, Context, Cq, Error, MrBuf, Pd,
-    PortState, PrivateData, Provider, QpCaps, SendWr, Sge, WcOpcode, WcStatus, MAX_ACCEPT_PRIVATE_DATA,
-    MAX_CONNECT_PRIVATE_DATA, MAX_REJECT_PRIVATE_DATA, REJECT_CONSUMER,
+    AccessFlags, CmChannel, CmEvent, CmEventKind, CmId, Completion, ConnectOptions, Context, Cq,
+    Error, MrBuf, Pd, PortState, PrivateData, Provider, QpCaps, SendWr, Sge, WcOpcode, WcStatus,
+    MAX_ACCEPT_PRIVATE_DATA, MAX_CONNECT_PRIVATE_DATA, MAX_REJECT_PRIVATE_DATA, REJECT_CONSUMER,
 };
 
 /// Where and how a case runs.
@@ -83,7 +83,10 @@ pub fn run(case: &Case, env: &Env) -> CaseResult {
         Ok(r) => r,
         Err(p) => Err(format!(
             "panicked: {}",
-            p.downcast_ref::<&str>().copied().or(p.downcast_ref::<String>().map(|s| s.as_str())).unwrap_or("?")
+            p.downcast_ref::<&str>()
+                .copied()
+                .or(p.downcast_ref::<String>().map(|s| s.as_str()))
+                .unwrap_or("?")
         )),
     }
 }
@@ -110,7 +113,13 @@ fn ensure(cond: bool, msg: impl FnOnce() -> String) -> CaseResult {
     }
 }
 
-const CAPS: QpCaps = QpCaps { max_send_wr: 256, max_recv_wr: 256, max_send_sge: 4, max_recv_sge: 4, max_inline_data: 0 };
+const CAPS: QpCaps = QpCaps {
+    max_send_wr: 256,
+    max_recv_wr: 256,
+    max_send_sge: 4,
+    max_recv_sge: 4,
+    max_inline_data: 0,
+};
 
 fn pause(env: &Env) {
     if env.provider == Provider::Verbs {
@@ -121,20 +130,33 @@ fn pause(env: &Env) {
 }
 
 /// The next CM event on `chan`, or an error at the deadline.
-fn next_event(env: &Env, chan: &mut CmChannel, deadline: Instant, waiting_for: &str) -> Result<CmEvent, String> {
+fn next_event(
+    env: &Env,
+    chan: &mut CmChannel,
+    deadline: Instant,
+    waiting_for: &str,
+) -> Result<CmEvent, String> {
     loop {
         if let Some(ev) = chan.poll_event().ctx("poll_event")? {
             return Ok(ev);
         }
         if Instant::now() > deadline {
-            return Err(format!("timed out after {:?} waiting for {waiting_for}", env.timeout));
+            return Err(format!(
+                "timed out after {:?} waiting for {waiting_for}",
+                env.timeout
+            ));
         }
         pause(env);
     }
 }
 
 /// The next event that is not TimewaitExit.
-fn next_real_event(env: &Env, chan: &mut CmChannel, deadline: Instant, waiting_for: &str) -> Result<CmEvent, String> {
+fn next_real_event(
+    env: &Env,
+    chan: &mut CmChannel,
+    deadline: Instant,
+    waiting_for: &str,
+) -> Result<CmEvent, String> {
     loop {
         let ev = next_event(env, chan, deadline, waiting_for)?;
         if !matches!(ev.kind, CmEventKind::TimewaitExit) {
@@ -144,7 +166,12 @@ fn next_real_event(env: &Env, chan: &mut CmChannel, deadline: Instant, waiting_f
 }
 
 /// Polls `cq` until `n` completions arrived.
-fn wait_completions(env: &Env, cq: &mut Cq, n: usize, what: &str) -> Result<Vec<Completion>, String> {
+fn wait_completions(
+    env: &Env,
+    cq: &mut Cq,
+    n: usize,
+    what: &str,
+) -> Result<Vec<Completion>, String> {
     let deadline = env.deadline();
     let mut got = Vec::with_capacity(n);
     let mut buf = [Completion::EMPTY; 32];
@@ -153,7 +180,10 @@ fn wait_completions(env: &Env, cq: &mut Cq, n: usize, what: &str) -> Result<Vec<
         got.extend_from_slice(&buf[..k]);
         if k == 0 {
             if Instant::now() > deadline {
-                return Err(format!("timed out waiting for {what}: {} of {n} completions: {got:?}", got.len()));
+                return Err(format!(
+                    "timed out waiting for {what}: {} of {n} completions: {got:?}",
+                    got.len()
+                ));
             }
             pause(env);
         }
@@ -198,7 +228,13 @@ impl Side {
         let ctx = Context::open(env.provider, &env.dev).ctx("open device")?;
         let pd = Pd::new(&ctx).ctx("alloc PD")?;
         let cq = Cq::new(&ctx, 1024).ctx("create CQ")?;
-        Ok(Side { chan, ctx, pd, cq, id: None })
+        Ok(Side {
+            chan,
+            ctx,
+            pd,
+            cq,
+            id: None,
+        })
     }
     /// The connection's id (panics before the side is connected).
     pub fn id(&mut self) -> &mut CmId {
@@ -215,7 +251,11 @@ struct Pending {
 
 fn opts(env: &Env) -> ConnectOptions {
     ConnectOptions {
-        retry_count: if env.provider == Provider::Verbs { 3 } else { 7 },
+        retry_count: if env.provider == Provider::Verbs {
+            3
+        } else {
+            7
+        },
         ..ConnectOptions::default()
     }
 }
@@ -224,7 +264,8 @@ fn opts(env: &Env) -> ConnectOptions {
 fn client_prepare(env: &Env, c: &mut Side, dst: SocketAddr) -> CaseResult {
     let deadline = env.deadline();
     let mut id = c.chan.create_id().ctx("rdma_create_id")?;
-    id.resolve_addr(None, dst, env.timeout).ctx("resolve_addr")?;
+    id.resolve_addr(None, dst, env.timeout)
+        .ctx("resolve_addr")?;
     match next_event(env, &mut c.chan, deadline, "AddrResolved")?.kind {
         CmEventKind::AddrResolved => {}
         k => return Err(format!("expected AddrResolved, got {k:?}")),
@@ -238,7 +279,8 @@ fn client_prepare(env: &Env, c: &mut Side, dst: SocketAddr) -> CaseResult {
         // 4.096 µs × 2^14 ≈ 67 ms per try: a vanished peer surfaces in < 1 s.
         id.set_ack_timeout(14).ctx("set_ack_timeout")?;
     }
-    id.create_qp(&c.pd, &c.cq, &c.cq, CAPS).ctx("create_qp (client)")?;
+    id.create_qp(&c.pd, &c.cq, &c.cq, CAPS)
+        .ctx("create_qp (client)")?;
     c.id = Some(id);
     Ok(())
 }
@@ -250,7 +292,11 @@ fn start(env: &Env, off: u16, pdata: &[u8]) -> Result<Pending, String> {
     let mut client = Side::new(env)?;
     client_prepare(env, &mut client, env.at(off))?;
     client.id().connect_with(pdata, &opts(env)).ctx("connect")?;
-    Ok(Pending { server, client, _listener: listener })
+    Ok(Pending {
+        server,
+        client,
+        _listener: listener,
+    })
 }
 
 /// Server: wait for the connect request; returns the new id and the data.
@@ -271,12 +317,17 @@ pub struct Pair {
     _listener: CmId,
 }
 
-fn accept_pending(env: &Env, mut p: Pending, apdata: &[u8]) -> Result<(Pair, PrivateData, PrivateData), String> {
+fn accept_pending(
+    env: &Env,
+    mut p: Pending,
+    apdata: &[u8],
+) -> Result<(Pair, PrivateData, PrivateData), String> {
     let (mut sid, cpd) = take_request(env, &mut p.server)?;
     if env.provider == Provider::Verbs {
         sid.set_ack_timeout(14).ctx("set_ack_timeout")?;
     }
-    sid.create_qp(&p.server.pd, &p.server.cq, &p.server.cq, CAPS).ctx("create_qp (server)")?;
+    sid.create_qp(&p.server.pd, &p.server.cq, &p.server.cq, CAPS)
+        .ctx("create_qp (server)")?;
     sid.accept(apdata).ctx("accept")?;
     let deadline = env.deadline();
     let apd = match next_event(env, &mut p.client.chan, deadline, "Established (client)")?.kind {
@@ -288,7 +339,15 @@ fn accept_pending(env: &Env, mut p: Pending, apdata: &[u8]) -> Result<(Pair, Pri
         k => return Err(format!("server: expected Established, got {k:?}")),
     }
     p.server.id = Some(sid);
-    Ok((Pair { server: p.server, client: p.client, _listener: p._listener }, cpd, apd))
+    Ok((
+        Pair {
+            server: p.server,
+            client: p.client,
+            _listener: p._listener,
+        },
+        cpd,
+        apd,
+    ))
 }
 
 /// Listens on `port + off`, connects a client to it, accepts: a connected
@@ -299,7 +358,9 @@ pub fn connect_pair(env: &Env, off: u16) -> Result<Pair, String> {
 }
 
 fn pattern(seed: u8, n: usize) -> Vec<u8> {
-    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 /// A buffer a peer may read and write.
@@ -309,7 +370,9 @@ fn remote_buf(pd: &Pd, len: usize, access: AccessFlags) -> Result<MrBuf, String>
     unsafe { MrBuf::with_access(pd, len, access) }.ctx("register remote buffer")
 }
 
-const RW: AccessFlags = AccessFlags::LOCAL_WRITE.union(AccessFlags::REMOTE_WRITE).union(AccessFlags::REMOTE_READ);
+const RW: AccessFlags = AccessFlags::LOCAL_WRITE
+    .union(AccessFlags::REMOTE_WRITE)
+    .union(AccessFlags::REMOTE_READ);
 
 /// Posts one SEND of `buf[off..off+len]` and one RECV of the same size on the
 /// peer, and checks the data arrived.
@@ -323,14 +386,25 @@ fn ping(env: &Env, from: &mut Side, to: &mut Side, payload: &[u8]) -> CaseResult
     // touched until then.
     unsafe {
         to.id().post_recv(7, &[rsge]).ctx("post_recv")?;
-        from.id().post_send(&SendWr::send(8, &[ssge])).ctx("post_send")?;
+        from.id()
+            .post_send(&SendWr::send(8, &[ssge]))
+            .ctx("post_send")?;
     }
     let s = one_completion(env, &mut from.cq, "send completion")?;
     let r = one_completion(env, &mut to.cq, "recv completion")?;
-    ensure(s.status == WcStatus::Success && s.wr_id == 8, || format!("send completion {s:?}"))?;
-    ensure(r.status == WcStatus::Success && r.wr_id == 7 && r.opcode == WcOpcode::Recv, || format!("recv {r:?}"))?;
-    ensure(r.byte_len as usize == payload.len(), || format!("recv byte_len {}", r.byte_len))?;
-    ensure(&rbuf.as_slice()[..payload.len()] == payload, || "payload differs".into())
+    ensure(s.status == WcStatus::Success && s.wr_id == 8, || {
+        format!("send completion {s:?}")
+    })?;
+    ensure(
+        r.status == WcStatus::Success && r.wr_id == 7 && r.opcode == WcOpcode::Recv,
+        || format!("recv {r:?}"),
+    )?;
+    ensure(r.byte_len as usize == payload.len(), || {
+        format!("recv byte_len {}", r.byte_len)
+    })?;
+    ensure(&rbuf.as_slice()[..payload.len()] == payload, || {
+        "payload differs".into()
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -340,20 +414,33 @@ fn ping(env: &Env, from: &mut Side, to: &mut Side, payload: &[u8]) -> CaseResult
 /// Device list, attributes, port 1 active, GID index 1 IPv4-mapped on rxe.
 pub fn device_query(env: &Env) -> CaseResult {
     let names = crate::devices(env.provider).ctx("device list")?;
-    ensure(names.iter().any(|n| *n == env.dev), || format!("device {} not in {names:?}", env.dev))?;
+    ensure(names.contains(&env.dev), || {
+        format!("device {} not in {names:?}", env.dev)
+    })?;
     let ctx = Context::open(env.provider, &env.dev).ctx("open")?;
     let a = ctx.query_device().ctx("query_device")?;
-    ensure(a.max_qp_wr >= 256 && a.max_sge >= 3 && a.max_mr_size > 0 && a.phys_port_cnt >= 1, || format!("{a:?}"))?;
+    ensure(
+        a.max_qp_wr >= 256 && a.max_sge >= 3 && a.max_mr_size > 0 && a.phys_port_cnt >= 1,
+        || format!("{a:?}"),
+    )?;
     let p = ctx.query_port(1).ctx("query_port")?;
-    ensure(p.state == PortState::Active, || format!("port 1 not active: {p:?}"))?;
-    ensure(p.active_mtu >= 256, || format!("active MTU {}", p.active_mtu))?;
+    ensure(p.state == PortState::Active, || {
+        format!("port 1 not active: {p:?}")
+    })?;
+    ensure(p.active_mtu >= 256, || {
+        format!("active MTU {}", p.active_mtu)
+    })?;
     if env.provider == Provider::Verbs {
         if let IpAddr::V4(v4) = env.addr {
             let g = ctx.query_gid(1, 1).ctx("query_gid(1, 1)")?;
-            ensure(g.as_ipv4() == Some(v4), || format!("GID index 1 is {g}, expected ::ffff:{v4}"))?;
+            ensure(g.as_ipv4() == Some(v4), || {
+                format!("GID index 1 is {g}, expected ::ffff:{v4}")
+            })?;
         }
     }
-    ensure(ctx.query_port(9).is_err(), || "query_port(9) succeeded".into())
+    ensure(ctx.query_port(9).is_err(), || {
+        "query_port(9) succeeded".into()
+    })
 }
 
 /// Connect and accept, with the largest private data both ways; one message
@@ -366,26 +453,38 @@ pub fn connect_accept_private_data(env: &Env) -> CaseResult {
         let mut c = Side::new(env)?;
         let mut id = c.chan.create_id().ctx("create_id")?;
         let e = id.connect(&[0u8; MAX_CONNECT_PRIVATE_DATA + 1]);
-        ensure(matches!(e, Err(Error::InvalidArgument(_))), || format!("57-byte connect: {e:?}"))?;
+        ensure(matches!(e, Err(Error::InvalidArgument(_))), || {
+            format!("57-byte connect: {e:?}")
+        })?;
         c.id = Some(id);
     }
     let mut p = start(env, 0, &cp)?;
     let (mut sid, got_cp) = take_request(env, &mut p.server)?;
-    ensure(got_cp.as_bytes().len() >= cp.len() && got_cp.as_bytes()[..cp.len()] == cp[..], || {
-        format!("connect private data differs: {:?}", got_cp.as_bytes())
-    })?;
-    sid.create_qp(&p.server.pd, &p.server.cq, &p.server.cq, CAPS).ctx("create_qp")?;
+    ensure(
+        got_cp.as_bytes().len() >= cp.len() && got_cp.as_bytes()[..cp.len()] == cp[..],
+        || format!("connect private data differs: {:?}", got_cp.as_bytes()),
+    )?;
+    sid.create_qp(&p.server.pd, &p.server.cq, &p.server.cq, CAPS)
+        .ctx("create_qp")?;
     let e = sid.accept(&[0u8; MAX_ACCEPT_PRIVATE_DATA + 1]);
-    ensure(matches!(e, Err(Error::InvalidArgument(_))), || format!("197-byte accept: {e:?}"))?;
+    ensure(matches!(e, Err(Error::InvalidArgument(_))), || {
+        format!("197-byte accept: {e:?}")
+    })?;
     sid.accept(&ap).ctx("accept")?;
     let deadline = env.deadline();
     let got_ap = match next_event(env, &mut p.client.chan, deadline, "Established")?.kind {
         CmEventKind::Established { private_data } => private_data,
         k => return Err(format!("client: expected Established, got {k:?}")),
     };
-    ensure(got_ap.as_bytes().len() >= ap.len() && got_ap.as_bytes()[..ap.len()] == ap[..], || {
-        format!("accept private data differs ({} bytes)", got_ap.as_bytes().len())
-    })?;
+    ensure(
+        got_ap.as_bytes().len() >= ap.len() && got_ap.as_bytes()[..ap.len()] == ap[..],
+        || {
+            format!(
+                "accept private data differs ({} bytes)",
+                got_ap.as_bytes().len()
+            )
+        },
+    )?;
     match next_event(env, &mut p.server.chan, deadline, "Established (server)")?.kind {
         CmEventKind::Established { .. } => {}
         k => return Err(format!("server: expected Established, got {k:?}")),
@@ -402,12 +501,19 @@ pub fn reject_private_data(env: &Env) -> CaseResult {
     let mut p = start(env, 0, b"login please")?;
     let (mut sid, _) = take_request(env, &mut p.server)?;
     let e = sid.reject(&[0u8; MAX_REJECT_PRIVATE_DATA + 1]);
-    ensure(matches!(e, Err(Error::InvalidArgument(_))), || format!("149-byte reject: {e:?}"))?;
+    ensure(matches!(e, Err(Error::InvalidArgument(_))), || {
+        format!("149-byte reject: {e:?}")
+    })?;
     sid.reject(&rp).ctx("reject")?;
     let deadline = env.deadline();
     match next_event(env, &mut p.client.chan, deadline, "Rejected")?.kind {
-        CmEventKind::Rejected { reason, private_data } => {
-            ensure(reason == REJECT_CONSUMER, || format!("reject reason {reason}, expected {REJECT_CONSUMER}"))?;
+        CmEventKind::Rejected {
+            reason,
+            private_data,
+        } => {
+            ensure(reason == REJECT_CONSUMER, || {
+                format!("reject reason {reason}, expected {REJECT_CONSUMER}")
+            })?;
             let got = private_data.as_bytes();
             ensure(got.len() >= rp.len() && got[..rp.len()] == rp[..], || {
                 format!("reject private data differs ({} bytes)", got.len())
@@ -426,7 +532,9 @@ pub fn connect_no_listener(env: &Env) -> CaseResult {
     let deadline = env.deadline();
     let ev = next_real_event(env, &mut c.chan, deadline, "Rejected/Unreachable")?;
     match ev.kind {
-        CmEventKind::Rejected { .. } | CmEventKind::Unreachable { .. } | CmEventKind::ConnectError { .. } => {
+        CmEventKind::Rejected { .. }
+        | CmEventKind::Unreachable { .. }
+        | CmEventKind::ConnectError { .. } => {
             tracing::debug!(kind = ?ev.kind, elapsed = ?start.elapsed(), "connect to nobody");
             Ok(())
         }
@@ -438,9 +546,13 @@ pub fn connect_no_listener(env: &Env) -> CaseResult {
 pub fn local_misuse(env: &Env) -> CaseResult {
     let mut c = Side::new(env)?;
     let e = MrBuf::new(&c.pd, 0);
-    ensure(matches!(e, Err(Error::InvalidArgument(_))), || format!("zero-length MR: {e:?}"))?;
+    ensure(matches!(e, Err(Error::InvalidArgument(_))), || {
+        format!("zero-length MR: {e:?}")
+    })?;
     let buf = MrBuf::new(&c.pd, 4096).ctx("reg")?;
-    ensure(buf.sge(4000, 200).is_err(), || "SGE beyond the region accepted".into())?;
+    ensure(buf.sge(4000, 200).is_err(), || {
+        "SGE beyond the region accepted".into()
+    })?;
     let mut id = c.chan.create_id().ctx("create_id")?;
     let sge = buf.sge(0, 16).ctx("sge")?;
     // SAFETY: rejected before reaching any queue (no QP yet).
@@ -452,14 +564,34 @@ pub fn local_misuse(env: &Env) -> CaseResult {
     client_prepare(env, &mut c, env.at(0))?;
     // SAFETY: refused at once (QP not connected); `buf` outlives the call anyway.
     let e = unsafe { c.id().post_send(&SendWr::send(2, &[sge])) };
-    ensure(matches!(e, Err(Error::Verb { verb: "ibv_post_send", .. })), || format!("send before connect: {e:?}"))?;
+    ensure(
+        matches!(
+            e,
+            Err(Error::Verb {
+                verb: "ibv_post_send",
+                ..
+            })
+        ),
+        || format!("send before connect: {e:?}"),
+    )?;
     let many = [sge; 5];
     // SAFETY: refused at once (5 SGEs > max_recv_sge 4).
     let e = unsafe { c.id().post_recv(3, &many) };
-    ensure(matches!(e, Err(Error::Verb { errno: libc::EINVAL, .. })), || format!("5 SGEs: {e:?}"))?;
+    ensure(
+        matches!(
+            e,
+            Err(Error::Verb {
+                errno: libc::EINVAL,
+                ..
+            })
+        ),
+        || format!("5 SGEs: {e:?}"),
+    )?;
     no_completion(&mut c.cq, Duration::from_millis(50))?;
     let e = c.id().connect(&[0u8; 57]);
-    ensure(matches!(e, Err(Error::InvalidArgument(_))), || format!("57-byte connect: {e:?}"))?;
+    ensure(matches!(e, Err(Error::InvalidArgument(_))), || {
+        format!("57-byte connect: {e:?}")
+    })?;
     drop(buf);
     Ok(())
 }
@@ -492,27 +624,37 @@ pub fn send_recv_ordering(env: &Env) -> CaseResult {
             let sge = sbuf.sge(off, MSG).ctx("sge")?;
             // SAFETY: the slot is rewritten only after this send's completion
             // (at most SLOTS sends outstanding, completions in order).
-            unsafe { pair.client.id().post_send(&SendWr::send(u64::from(sent), &[sge])) }.ctx("post_send")?;
+            unsafe {
+                pair.client
+                    .id()
+                    .post_send(&SendWr::send(u64::from(sent), &[sge]))
+            }
+            .ctx("post_send")?;
             sent += 1;
             credits -= 1;
         }
         let n = pair.client.cq.poll(&mut wc);
         for c in &wc[..n] {
-            ensure(c.status == WcStatus::Success && c.wr_id == u64::from(send_done), || format!("send {send_done}: {c:?}"))?;
+            ensure(
+                c.status == WcStatus::Success && c.wr_id == u64::from(send_done),
+                || format!("send {send_done}: {c:?}"),
+            )?;
             send_done += 1;
         }
         let m = pair.server.cq.poll(&mut wc);
         for c in &wc[..m] {
             let slot = recvd % SLOTS;
-            ensure(c.status == WcStatus::Success && c.wr_id == u64::from(slot) && c.byte_len == MSG, || {
-                format!("recv {recvd}: {c:?}")
-            })?;
+            ensure(
+                c.status == WcStatus::Success && c.wr_id == u64::from(slot) && c.byte_len == MSG,
+                || format!("recv {recvd}: {c:?}"),
+            )?;
             let off = (slot * MSG) as usize;
             let msg = &rbuf.as_slice()[off..off + MSG as usize];
             let seq = u32::from_le_bytes([msg[0], msg[1], msg[2], msg[3]]);
-            ensure(seq == recvd && msg[4..].iter().all(|&b| b == recvd as u8), || {
-                format!("message {recvd} arrived as {seq}")
-            })?;
+            ensure(
+                seq == recvd && msg[4..].iter().all(|&b| b == recvd as u8),
+                || format!("message {recvd} arrived as {seq}"),
+            )?;
             recvd += 1;
             let sge = rbuf.sge(off, MSG).ctx("sge")?;
             // SAFETY: as above.
@@ -521,7 +663,9 @@ pub fn send_recv_ordering(env: &Env) -> CaseResult {
         }
         if n == 0 && m == 0 {
             if Instant::now() > deadline {
-                return Err(format!("timed out: sent {sent}, send completions {send_done}, received {recvd}"));
+                return Err(format!(
+                    "timed out: sent {sent}, send completions {send_done}, received {recvd}"
+                ));
             }
             pause(env);
         }
@@ -535,30 +679,59 @@ pub fn send_with_imm(env: &Env) -> CaseResult {
     let mut sbuf = MrBuf::new(&pair.client.pd, 64).ctx("reg")?;
     let rbuf = MrBuf::new(&pair.server.pd, 128).ctx("reg")?;
     sbuf.as_mut_slice()[..16].copy_from_slice(b"with immediate!!");
-    let (s, r0, r1) = (sbuf.sge(0, 16).ctx("sge")?, rbuf.sge(0, 64).ctx("sge")?, rbuf.sge(64, 64).ctx("sge")?);
+    let (s, r0, r1) = (
+        sbuf.sge(0, 16).ctx("sge")?,
+        rbuf.sge(0, 64).ctx("sge")?,
+        rbuf.sge(64, 64).ctx("sge")?,
+    );
     // SAFETY: buffers outlive the completions awaited below.
     unsafe {
         pair.server.id().post_recv(1, &[r0]).ctx("post_recv")?;
         pair.server.id().post_recv(2, &[r1]).ctx("post_recv")?;
-        pair.client.id().post_send(&SendWr::send_imm(10, &[s], 0xdead_beef)).ctx("post_send imm")?;
-        pair.client.id().post_send(&SendWr::send(11, &[s]).unsignaled()).ctx("post_send")?;
-        pair.client.id().post_send(&SendWr::send_imm(12, &[], 7)).ctx("post_send imm, no data")?;
+        pair.client
+            .id()
+            .post_send(&SendWr::send_imm(10, &[s], 0xdead_beef))
+            .ctx("post_send imm")?;
+        pair.client
+            .id()
+            .post_send(&SendWr::send(11, &[s]).unsignaled())
+            .ctx("post_send")?;
+        pair.client
+            .id()
+            .post_send(&SendWr::send_imm(12, &[], 7))
+            .ctx("post_send imm, no data")?;
     }
     let rc = wait_completions(env, &mut pair.server.cq, 2, "receive completions")?;
-    ensure(rc[0].status.is_ok() && rc[0].wr_id == 1 && rc[0].imm == Some(0xdead_beef) && rc[0].byte_len == 16, || {
-        format!("first receive {:?}", rc[0])
+    ensure(
+        rc[0].status.is_ok()
+            && rc[0].wr_id == 1
+            && rc[0].imm == Some(0xdead_beef)
+            && rc[0].byte_len == 16,
+        || format!("first receive {:?}", rc[0]),
+    )?;
+    ensure(
+        rc[1].status.is_ok() && rc[1].wr_id == 2 && rc[1].imm.is_none(),
+        || format!("second receive {:?}", rc[1]),
+    )?;
+    ensure(&rbuf.as_slice()[..16] == b"with immediate!!", || {
+        "payload differs".into()
     })?;
-    ensure(rc[1].status.is_ok() && rc[1].wr_id == 2 && rc[1].imm.is_none(), || format!("second receive {:?}", rc[1]))?;
-    ensure(&rbuf.as_slice()[..16] == b"with immediate!!", || "payload differs".into())?;
     let sc = wait_completions(env, &mut pair.client.cq, 1, "send completions")?;
-    ensure(sc[0].wr_id == 10 && sc[0].status.is_ok(), || format!("send completion {:?}", sc[0]))?;
+    ensure(sc[0].wr_id == 10 && sc[0].status.is_ok(), || {
+        format!("send completion {:?}", sc[0])
+    })?;
     // The third SEND waits for a RECV.
     // SAFETY: `rbuf` outlives the completion awaited below.
     unsafe { pair.server.id().post_recv(3, &[r0]) }.ctx("post_recv")?;
     let r = one_completion(env, &mut pair.server.cq, "zero-byte imm receive")?;
-    ensure(r.status.is_ok() && r.imm == Some(7) && r.byte_len == 0, || format!("zero-byte imm receive {r:?}"))?;
+    ensure(
+        r.status.is_ok() && r.imm == Some(7) && r.byte_len == 0,
+        || format!("zero-byte imm receive {r:?}"),
+    )?;
     let s = one_completion(env, &mut pair.client.cq, "zero-byte imm send")?;
-    ensure(s.status.is_ok() && s.wr_id == 12, || format!("zero-byte imm send {s:?}"))
+    ensure(s.status.is_ok() && s.wr_id == 12, || {
+        format!("zero-byte imm send {s:?}")
+    })
 }
 
 /// A SEND with no RECV posted waits (RNR retries) until one is posted.
@@ -576,7 +749,10 @@ pub fn send_waits_for_recv(env: &Env) -> CaseResult {
     unsafe { pair.server.id().post_recv(2, &[r]) }.ctx("post_recv")?;
     let rc = one_completion(env, &mut pair.server.cq, "receive")?;
     let sc = one_completion(env, &mut pair.client.cq, "send")?;
-    ensure(rc.status.is_ok() && rc.byte_len == 5 && &rbuf.as_slice()[..5] == b"early", || format!("receive {rc:?}"))?;
+    ensure(
+        rc.status.is_ok() && rc.byte_len == 5 && &rbuf.as_slice()[..5] == b"early",
+        || format!("receive {rc:?}"),
+    )?;
     ensure(sc.status.is_ok(), || format!("send {sc:?}"))
 }
 
@@ -603,28 +779,62 @@ fn rw_one_way(env: &Env, pair: &mut Pair, client_initiates: bool) -> CaseResult 
         src.as_mut_slice()[off..off + len as usize].copy_from_slice(&p);
         expect.extend_from_slice(&p);
     }
-    let sges: Vec<Sge> = segs.iter().map(|&(o, l)| src.sge(o, l)).collect::<Result<_, _>>().ctx("sge")?;
+    let sges: Vec<Sge> = segs
+        .iter()
+        .map(|&(o, l)| src.sge(o, l))
+        .collect::<Result<_, _>>()
+        .ctx("sge")?;
     let raddr = remote.addr() + 100;
     // SAFETY: `src` and `remote` are not touched until the completion.
-    unsafe { a.id().post_send(&SendWr::write(1, &sges, raddr, remote.rkey())) }.ctx("post RDMA WRITE")?;
+    unsafe {
+        a.id()
+            .post_send(&SendWr::write(1, &sges, raddr, remote.rkey()))
+    }
+    .ctx("post RDMA WRITE")?;
     let c = one_completion(env, &mut a.cq, "RDMA WRITE")?;
-    ensure(c.status.is_ok() && c.wr_id == 1 && c.opcode == WcOpcode::RdmaWrite, || format!("WRITE completion {c:?}"))?;
-    ensure(remote.as_slice()[100..100 + expect.len()] == expect[..], || "WRITE data differs at the target".into())?;
-    ensure(remote.as_slice()[..100].iter().all(|&b| b == 0), || "WRITE touched bytes before the range".into())?;
-    ensure(remote.as_slice()[100 + expect.len()..].iter().all(|&b| b == 0), || "WRITE touched bytes after".into())?;
+    ensure(
+        c.status.is_ok() && c.wr_id == 1 && c.opcode == WcOpcode::RdmaWrite,
+        || format!("WRITE completion {c:?}"),
+    )?;
+    ensure(
+        remote.as_slice()[100..100 + expect.len()] == expect[..],
+        || "WRITE data differs at the target".into(),
+    )?;
+    ensure(remote.as_slice()[..100].iter().all(|&b| b == 0), || {
+        "WRITE touched bytes before the range".into()
+    })?;
+    ensure(
+        remote.as_slice()[100 + expect.len()..]
+            .iter()
+            .all(|&b| b == 0),
+        || "WRITE touched bytes after".into(),
+    )?;
     // READ back into three different segments of `dst`.
     let rsegs = [(7usize, 4096u32), (9000, 1000), (20000, 3000)];
-    let rsges: Vec<Sge> = rsegs.iter().map(|&(o, l)| dst.sge(o, l)).collect::<Result<_, _>>().ctx("sge")?;
+    let rsges: Vec<Sge> = rsegs
+        .iter()
+        .map(|&(o, l)| dst.sge(o, l))
+        .collect::<Result<_, _>>()
+        .ctx("sge")?;
     // SAFETY: `dst` and `remote` are not touched until the completion.
-    unsafe { a.id().post_send(&SendWr::read(2, &rsges, raddr, remote.rkey())) }.ctx("post RDMA READ")?;
+    unsafe {
+        a.id()
+            .post_send(&SendWr::read(2, &rsges, raddr, remote.rkey()))
+    }
+    .ctx("post RDMA READ")?;
     let c = one_completion(env, &mut a.cq, "RDMA READ")?;
-    ensure(c.status.is_ok() && c.wr_id == 2 && c.opcode == WcOpcode::RdmaRead, || format!("READ completion {c:?}"))?;
+    ensure(
+        c.status.is_ok() && c.wr_id == 2 && c.opcode == WcOpcode::RdmaRead,
+        || format!("READ completion {c:?}"),
+    )?;
     let mut got = Vec::new();
     for &(o, l) in &rsegs {
         got.extend_from_slice(&dst.as_slice()[o..o + l as usize]);
     }
     ensure(got == expect, || "READ data differs".into())?;
-    ensure(dst.as_slice()[..7].iter().all(|&b| b == 0), || "READ wrote outside its SGEs".into())
+    ensure(dst.as_slice()[..7].iter().all(|&b| b == 0), || {
+        "READ wrote outside its SGEs".into()
+    })
 }
 
 /// Posts one RDMA op that must fail with RemoteAccess, leaving `remote` untouched.
@@ -632,7 +842,10 @@ fn expect_remote_access(env: &Env, pair: &mut Pair, wr: SendWr<'_>, what: &str) 
     // SAFETY: the caller's buffers outlive the completion awaited below.
     unsafe { pair.client.id().post_send(&wr) }.ctx("post_send")?;
     let c = one_completion(env, &mut pair.client.cq, what)?;
-    ensure(c.status == WcStatus::RemoteAccess && c.wr_id == wr.wr_id, || format!("{what}: expected RemoteAccess, got {c:?}"))
+    ensure(
+        c.status == WcStatus::RemoteAccess && c.wr_id == wr.wr_id,
+        || format!("{what}: expected RemoteAccess, got {c:?}"),
+    )
 }
 
 /// RDMA WRITE one byte beyond the peer's region: RemoteAccess, region untouched.
@@ -642,8 +855,15 @@ pub fn write_beyond_region(env: &Env) -> CaseResult {
     let mut src = MrBuf::new(&pair.client.pd, 8192).ctx("reg")?;
     src.as_mut_slice().fill(0xab);
     let s = src.sge(0, 4096).ctx("sge")?;
-    expect_remote_access(env, &mut pair, SendWr::write(5, &[s], remote.addr() + 1, remote.rkey()), "WRITE beyond")?;
-    ensure(remote.as_slice().iter().all(|&b| b == 0), || "memory was touched".into())?;
+    expect_remote_access(
+        env,
+        &mut pair,
+        SendWr::write(5, &[s], remote.addr() + 1, remote.rkey()),
+        "WRITE beyond",
+    )?;
+    ensure(remote.as_slice().iter().all(|&b| b == 0), || {
+        "memory was touched".into()
+    })?;
     drop(pair);
     drop(src);
     Ok(())
@@ -656,8 +876,15 @@ pub fn wrong_rkey(env: &Env) -> CaseResult {
     let mut src = MrBuf::new(&pair.client.pd, 4096).ctx("reg")?;
     src.as_mut_slice().fill(0xcd);
     let s = src.sge(0, 512).ctx("sge")?;
-    expect_remote_access(env, &mut pair, SendWr::write(6, &[s], remote.addr(), remote.rkey() ^ 0x80), "wrong rkey")?;
-    ensure(remote.as_slice().iter().all(|&b| b == 0), || "memory was touched".into())
+    expect_remote_access(
+        env,
+        &mut pair,
+        SendWr::write(6, &[s], remote.addr(), remote.rkey() ^ 0x80),
+        "wrong rkey",
+    )?;
+    ensure(remote.as_slice().iter().all(|&b| b == 0), || {
+        "memory was touched".into()
+    })
 }
 
 /// RDMA WRITE to a region after its deregistration: RemoteAccess.
@@ -668,7 +895,12 @@ pub fn after_dereg(env: &Env) -> CaseResult {
     drop(remote);
     let src = MrBuf::new(&pair.client.pd, 4096).ctx("reg")?;
     let s = src.sge(0, 512).ctx("sge")?;
-    expect_remote_access(env, &mut pair, SendWr::write(7, &[s], raddr, rkey), "WRITE after dereg")?;
+    expect_remote_access(
+        env,
+        &mut pair,
+        SendWr::write(7, &[s], raddr, rkey),
+        "WRITE after dereg",
+    )?;
     Ok(())
 }
 
@@ -678,18 +910,38 @@ pub fn after_dereg(env: &Env) -> CaseResult {
 pub fn access_flags(env: &Env) -> CaseResult {
     {
         let mut pair = connect_pair(env, 0)?;
-        let ro = remote_buf(&pair.server.pd, 4096, AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_READ)?;
+        let ro = remote_buf(
+            &pair.server.pd,
+            4096,
+            AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_READ,
+        )?;
         let mut src = MrBuf::new(&pair.client.pd, 4096).ctx("reg")?;
         src.as_mut_slice().fill(0xee);
         let s = src.sge(0, 256).ctx("sge")?;
-        expect_remote_access(env, &mut pair, SendWr::write(8, &[s], ro.addr(), ro.rkey()), "WRITE to read-only")?;
-        ensure(ro.as_slice().iter().all(|&b| b == 0), || "read-only memory was written".into())?;
+        expect_remote_access(
+            env,
+            &mut pair,
+            SendWr::write(8, &[s], ro.addr(), ro.rkey()),
+            "WRITE to read-only",
+        )?;
+        ensure(ro.as_slice().iter().all(|&b| b == 0), || {
+            "read-only memory was written".into()
+        })?;
     }
     let mut pair = connect_pair(env, 1)?;
-    let wo = remote_buf(&pair.server.pd, 4096, AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE)?;
+    let wo = remote_buf(
+        &pair.server.pd,
+        4096,
+        AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE,
+    )?;
     let dst = MrBuf::new(&pair.client.pd, 4096).ctx("reg")?;
     let d = dst.sge(0, 256).ctx("sge")?;
-    expect_remote_access(env, &mut pair, SendWr::read(9, &[d], wo.addr(), wo.rkey()), "READ from write-only")
+    expect_remote_access(
+        env,
+        &mut pair,
+        SendWr::read(9, &[d], wo.addr(), wo.rkey()),
+        "READ from write-only",
+    )
 }
 
 fn expect_disconnected(env: &Env, chan: &mut CmChannel, who: &str) -> CaseResult {
@@ -708,7 +960,10 @@ pub fn disconnect_flushes_recvs(env: &Env) -> CaseResult {
     let cbuf = MrBuf::new(&pair.client.pd, 4096).ctx("reg")?;
     let sbuf = MrBuf::new(&pair.server.pd, 4096).ctx("reg")?;
     for i in 0..K {
-        let (c, s) = (cbuf.sge(i as usize * 64, 64).ctx("sge")?, sbuf.sge(i as usize * 64, 64).ctx("sge")?);
+        let (c, s) = (
+            cbuf.sge(i as usize * 64, 64).ctx("sge")?,
+            sbuf.sge(i as usize * 64, 64).ctx("sge")?,
+        );
         // SAFETY: buffers outlive the flush completions awaited below.
         unsafe {
             pair.client.id().post_recv(100 + i, &[c]).ctx("post_recv")?;
@@ -718,7 +973,10 @@ pub fn disconnect_flushes_recvs(env: &Env) -> CaseResult {
     pair.client.id().disconnect().ctx("disconnect")?;
     let cc = wait_completions(env, &mut pair.client.cq, K as usize, "client flushes")?;
     for (i, c) in cc.iter().enumerate() {
-        ensure(c.status == WcStatus::WrFlush && c.wr_id == 100 + i as u64, || format!("client flush {i}: {c:?}"))?;
+        ensure(
+            c.status == WcStatus::WrFlush && c.wr_id == 100 + i as u64,
+            || format!("client flush {i}: {c:?}"),
+        )?;
     }
     expect_disconnected(env, &mut pair.server.chan, "server")?;
     // The peer's RECVs stay posted until it disconnects too (which answers
@@ -726,10 +984,16 @@ pub fn disconnect_flushes_recvs(env: &Env) -> CaseResult {
     pair.server.id().disconnect().ctx("disconnect (server)")?;
     let sc = wait_completions(env, &mut pair.server.cq, K as usize, "server flushes")?;
     for (i, c) in sc.iter().enumerate() {
-        ensure(c.status == WcStatus::WrFlush && c.wr_id == 200 + i as u64, || format!("server flush {i}: {c:?}"))?;
+        ensure(
+            c.status == WcStatus::WrFlush && c.wr_id == 200 + i as u64,
+            || format!("server flush {i}: {c:?}"),
+        )?;
     }
     expect_disconnected(env, &mut pair.client.chan, "client")?;
-    pair.client.id().disconnect().ctx("second disconnect is a no-op")?;
+    pair.client
+        .id()
+        .disconnect()
+        .ctx("second disconnect is a no-op")?;
     Ok(())
 }
 
@@ -747,10 +1011,20 @@ pub fn peer_vanishes(env: &Env) -> CaseResult {
     }
     let src = MrBuf::new(&pair.client.pd, 1 << 16).ctx("reg")?;
     let (raddr, rkey) = (remote.addr(), remote.rkey());
-    let Pair { server, mut client, _listener } = pair;
+    let Pair {
+        server,
+        mut client,
+        _listener,
+    } = pair;
     // Drop the server side in an awkward order: PD and CQ handles first
     // (the QP keeps them alive), then the id, then the memory.
-    let Side { chan: mut schan, ctx: sctx, pd: spd, cq: scq, id: sid } = server;
+    let Side {
+        chan: mut schan,
+        ctx: sctx,
+        pd: spd,
+        cq: scq,
+        id: sid,
+    } = server;
     let mut server_parts = Some((spd, scq, sctx, sid, remote, rbuf));
     let deadline = env.deadline();
     let (mut posted, mut completed, mut errors) = (0u64, 0u64, 0u64);
@@ -784,7 +1058,8 @@ pub fn peer_vanishes(env: &Env) -> CaseResult {
             // Make sure at least one WR meets the dead QP.
             let s = src.sge(0, 64).ctx("sge")?;
             // SAFETY: as above.
-            unsafe { client.id().post_send(&SendWr::send(posted, &[s])) }.ctx("post_send after disconnect")?;
+            unsafe { client.id().post_send(&SendWr::send(posted, &[s])) }
+                .ctx("post_send after disconnect")?;
             posted += 1;
         }
         let n = client.cq.poll(&mut wc);

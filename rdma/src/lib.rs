@@ -110,7 +110,9 @@ impl FromStr for Provider {
         match s {
             "verbs" => Ok(Provider::Verbs),
             "loopback" => Ok(Provider::Loopback),
-            _ => Err(Error::InvalidArgument("provider must be \"verbs\" or \"loopback\"")),
+            _ => Err(Error::InvalidArgument(
+                "provider must be \"verbs\" or \"loopback\"",
+            )),
         }
     }
 }
@@ -266,17 +268,33 @@ impl Mr {
     /// work; for `REMOTE_WRITE`: at any time a peer chooses) may write to it
     /// and (for `REMOTE_READ`: at any time) read it: the caller must not hold
     /// Rust references to bytes that a peer may access concurrently.
-    pub unsafe fn register_raw(pd: &Pd, addr: *mut u8, len: usize, access: AccessFlags) -> Result<Mr> {
+    pub unsafe fn register_raw(
+        pd: &Pd,
+        addr: *mut u8,
+        len: usize,
+        access: AccessFlags,
+    ) -> Result<Mr> {
         if len == 0 {
             return Err(Error::InvalidArgument("memory region of zero bytes"));
         }
         let inner = match &pd.inner {
-            // SAFETY: the caller upholds the contract above, which is the contract of `register`.
-            PdImpl::Verbs(p) => MrImpl::Verbs(unsafe { verbs::Mr::register(p, addr, len, access) }?),
-            // SAFETY: as above.
-            PdImpl::Loopback(p) => MrImpl::Loopback(unsafe { loopback::Mr::register(p, addr, len, access) }?),
+            PdImpl::Verbs(p) => {
+                // SAFETY: the caller upholds the contract above, which is `register`'s.
+                let mr = unsafe { verbs::Mr::register(p, addr, len, access) }?;
+                MrImpl::Verbs(mr)
+            }
+            PdImpl::Loopback(p) => {
+                // SAFETY: as above.
+                let mr = unsafe { loopback::Mr::register(p, addr, len, access) }?;
+                MrImpl::Loopback(mr)
+            }
         };
-        Ok(Mr { inner, addr: addr as u64, len, access })
+        Ok(Mr {
+            inner,
+            addr: addr as u64,
+            len,
+            access,
+        })
     }
     /// Local key, for [`Sge::lkey`].
     pub fn lkey(&self) -> u32 {
@@ -311,7 +329,11 @@ impl Mr {
     /// An SGE over `len` bytes at `offset` in the region, bounds-checked.
     pub fn sge(&self, offset: usize, len: u32) -> Result<Sge> {
         match offset.checked_add(len as usize) {
-            Some(end) if end <= self.len => Ok(Sge { addr: self.addr + offset as u64, len, lkey: self.lkey() }),
+            Some(end) if end <= self.len => Ok(Sge {
+                addr: self.addr + offset as u64,
+                len,
+                lkey: self.lkey(),
+            }),
             _ => Err(Error::InvalidArgument("SGE outside the memory region")),
         }
     }
@@ -632,7 +654,10 @@ pub struct CmId {
 
 impl std::fmt::Debug for CmId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CmId").field("provider", &self.provider()).field("token", &self.token()).finish()
+        f.debug_struct("CmId")
+            .field("provider", &self.provider())
+            .field("token", &self.token())
+            .finish()
     }
 }
 
@@ -675,7 +700,12 @@ impl CmId {
     }
     /// Starts address resolution of `dst` (optionally from `src`): ends in
     /// AddrResolved or AddrError within `timeout`.
-    pub fn resolve_addr(&mut self, src: Option<SocketAddr>, dst: SocketAddr, timeout: Duration) -> Result<()> {
+    pub fn resolve_addr(
+        &mut self,
+        src: Option<SocketAddr>,
+        dst: SocketAddr,
+        timeout: Duration,
+    ) -> Result<()> {
         let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
         dispatch!(mut self, i => i.resolve_addr(src, dst, ms))
     }
@@ -696,13 +726,26 @@ impl CmId {
     /// Creates the id's RC queue pair on `pd` with the given CQs
     /// (`rdma_create_qp`). The PD and CQs must be of the id's device.
     /// Returns the capabilities granted.
-    pub fn create_qp(&mut self, pd: &Pd, send_cq: &Cq, recv_cq: &Cq, caps: QpCaps) -> Result<QpCaps> {
+    pub fn create_qp(
+        &mut self,
+        pd: &Pd,
+        send_cq: &Cq,
+        recv_cq: &Cq,
+        caps: QpCaps,
+    ) -> Result<QpCaps> {
         match (&mut self.inner, &pd.inner, &send_cq.inner, &recv_cq.inner) {
-            (CmIdImpl::Verbs(i), PdImpl::Verbs(p), CqImpl::Verbs(s), CqImpl::Verbs(r)) => i.create_qp(p, s, r, caps),
-            (CmIdImpl::Loopback(i), PdImpl::Loopback(p), CqImpl::Loopback(s), CqImpl::Loopback(r)) => {
+            (CmIdImpl::Verbs(i), PdImpl::Verbs(p), CqImpl::Verbs(s), CqImpl::Verbs(r)) => {
                 i.create_qp(p, s, r, caps)
             }
-            _ => Err(Error::WrongDevice("PD, CQs and CM id of different providers")),
+            (
+                CmIdImpl::Loopback(i),
+                PdImpl::Loopback(p),
+                CqImpl::Loopback(s),
+                CqImpl::Loopback(r),
+            ) => i.create_qp(p, s, r, caps),
+            _ => Err(Error::WrongDevice(
+                "PD, CQs and CM id of different providers",
+            )),
         }
     }
     /// Whether the id has a queue pair.
@@ -722,7 +765,9 @@ impl CmId {
     /// ConnectError.
     pub fn connect_with(&mut self, private_data: &[u8], opts: &ConnectOptions) -> Result<()> {
         if private_data.len() > MAX_CONNECT_PRIVATE_DATA {
-            return Err(Error::InvalidArgument("connect private data longer than 56 bytes"));
+            return Err(Error::InvalidArgument(
+                "connect private data longer than 56 bytes",
+            ));
         }
         dispatch!(mut self, i => i.connect(private_data, opts))
     }
@@ -730,7 +775,9 @@ impl CmId {
     /// (`rdma_accept`). Needs a QP. Ends in Established.
     pub fn accept(&mut self, private_data: &[u8]) -> Result<()> {
         if private_data.len() > MAX_ACCEPT_PRIVATE_DATA {
-            return Err(Error::InvalidArgument("accept private data longer than 196 bytes"));
+            return Err(Error::InvalidArgument(
+                "accept private data longer than 196 bytes",
+            ));
         }
         dispatch!(mut self, i => i.accept(private_data))
     }
@@ -738,7 +785,9 @@ impl CmId {
     /// (`rdma_reject`); the peer sees Rejected with [`REJECT_CONSUMER`].
     pub fn reject(&mut self, private_data: &[u8]) -> Result<()> {
         if private_data.len() > MAX_REJECT_PRIVATE_DATA {
-            return Err(Error::InvalidArgument("reject private data longer than 148 bytes"));
+            return Err(Error::InvalidArgument(
+                "reject private data longer than 148 bytes",
+            ));
         }
         dispatch!(mut self, i => i.reject(private_data))
     }

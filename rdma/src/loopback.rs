@@ -65,8 +65,13 @@ pub(crate) struct Device {
 
 impl Device {
     pub(crate) fn open(name: &str) -> Arc<Device> {
-        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-        Arc::new(Device { name: name.to_string(), guid: h })
+        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        Arc::new(Device {
+            name: name.to_string(),
+            guid: h,
+        })
     }
     pub(crate) fn name(&self) -> &str {
         &self.name
@@ -124,7 +129,10 @@ pub(crate) struct Pd {
 impl Pd {
     pub(crate) fn new(dev: &Arc<Device>) -> Arc<Pd> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        Arc::new(Pd { id: NEXT.fetch_add(1, Ordering::Relaxed), _dev: dev.clone() })
+        Arc::new(Pd {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            _dev: dev.clone(),
+        })
     }
 }
 
@@ -136,8 +144,14 @@ pub(crate) struct Mr {
 impl Mr {
     /// # Safety
     /// As [`crate::Mr::register_raw`]: the memory stays valid until drop.
-    pub(crate) unsafe fn register(pd: &Arc<Pd>, addr: *mut u8, len: usize, access: AccessFlags) -> Result<Mr> {
-        if access.contains(AccessFlags::REMOTE_WRITE) && !access.contains(AccessFlags::LOCAL_WRITE) {
+    pub(crate) unsafe fn register(
+        pd: &Arc<Pd>,
+        addr: *mut u8,
+        len: usize,
+        access: AccessFlags,
+    ) -> Result<Mr> {
+        if access.contains(AccessFlags::REMOTE_WRITE) && !access.contains(AccessFlags::LOCAL_WRITE)
+        {
             return Err(Error::verb("ibv_reg_mr", libc::EINVAL));
         }
         if (addr as u64).checked_add(len as u64).is_none() {
@@ -151,7 +165,10 @@ impl Mr {
             len: len as u64,
             access,
         })?;
-        Ok(Mr { key, _pd: pd.clone() })
+        Ok(Mr {
+            key,
+            _pd: pd.clone(),
+        })
     }
     pub(crate) fn key(&self) -> u32 {
         self.key
@@ -188,7 +205,11 @@ pub(crate) struct Cq {
 impl Cq {
     pub(crate) fn new(_dev: &Arc<Device>, cqe: u32) -> Cq {
         let cap = (cqe as usize).clamp(1, 1 << 16);
-        Cq { shared: Arc::new(CqShared { q: Mutex::new(VecDeque::with_capacity(cap)) }) }
+        Cq {
+            shared: Arc::new(CqShared {
+                q: Mutex::new(VecDeque::with_capacity(cap)),
+            }),
+        }
     }
 
     #[inline]
@@ -330,7 +351,13 @@ struct Outbox {
 
 impl Outbox {
     fn push(&mut self, route: &CmRoute, kind: CmEventKind) {
-        self.events.push((route.chan.clone(), CmEvent { token: route.token, kind }));
+        self.events.push((
+            route.chan.clone(),
+            CmEvent {
+                token: route.token,
+                kind,
+            },
+        ));
     }
     fn deliver(self) {
         for (chan, ev) in self.events {
@@ -353,8 +380,23 @@ impl QpBody {
         let cq = if recv { &self.recv_cq } else { &self.send_cq };
         cq.push(c, self.delay);
     }
-    fn done(&self, wr_id: u64, status: WcStatus, opcode: WcOpcode, byte_len: u32, imm: Option<u32>) -> Completion {
-        Completion { wr_id, status, opcode, byte_len, imm, qp_num: self.qpn, vendor_err: 0 }
+    fn done(
+        &self,
+        wr_id: u64,
+        status: WcStatus,
+        opcode: WcOpcode,
+        byte_len: u32,
+        imm: Option<u32>,
+    ) -> Completion {
+        Completion {
+            wr_id,
+            status,
+            opcode,
+            byte_len,
+            imm,
+            qp_num: self.qpn,
+            vendor_err: 0,
+        }
     }
     /// Error state: everything queued completes with WrFlush.
     fn flush_all(&mut self) {
@@ -421,7 +463,14 @@ fn resolve_local(mrs: &[MrSlot], pd: u64, sges: &[Sge], need: AccessFlags) -> Op
     Some((segs, n, total))
 }
 
-fn resolve_remote(mrs: &[MrSlot], pd: u64, rkey: u32, addr: u64, len: u64, need: AccessFlags) -> bool {
+fn resolve_remote(
+    mrs: &[MrSlot],
+    pd: u64,
+    rkey: u32,
+    addr: u64,
+    len: u64,
+    need: AccessFlags,
+) -> bool {
     match mr_lookup(mrs, rkey, pd) {
         Some(m) => m.access.contains(need) && in_mr(m, addr, len),
         None => false,
@@ -444,7 +493,11 @@ unsafe fn copy_segs(src: &[(u64, u32)], dst: &[(u64, u32)], total: u64) {
         // SAFETY: both ranges lie inside validated, live, registered regions
         // (caller); `ptr::copy` tolerates overlap.
         unsafe {
-            std::ptr::copy((src[si].0 + so) as *const u8, (dst[di].0 + doff) as *mut u8, n as usize);
+            std::ptr::copy(
+                (src[si].0 + so) as *const u8,
+                (dst[di].0 + doff) as *mut u8,
+                n as usize,
+            );
         }
         so += n;
         doff += n;
@@ -483,11 +536,14 @@ fn execute(mrs: &[MrSlot], a: &mut QpBody, b: &mut QpBody, w: &SendWqe) -> Exec 
                 }
                 return Exec::Hold;
             }
-            let Some((src, sn, total)) = resolve_local(mrs, a.pd, local, AccessFlags::empty()) else {
+            let Some((src, sn, total)) = resolve_local(mrs, a.pd, local, AccessFlags::empty())
+            else {
                 a.fail(WcStatus::LocalProtection);
                 return Exec::Dead;
             };
-            let Some(r) = b.rq.pop_front() else { return Exec::Hold };
+            let Some(r) = b.rq.pop_front() else {
+                return Exec::Hold;
+            };
             let dst = resolve_local(mrs, b.pd, &r.sges[..r.n as usize], AccessFlags::LOCAL_WRITE);
             let Some((dst, dn, cap)) = dst else {
                 let c = b.done(r.wr_id, WcStatus::LocalProtection, WcOpcode::Recv, 0, None);
@@ -509,23 +565,43 @@ fn execute(mrs: &[MrSlot], a: &mut QpBody, b: &mut QpBody, w: &SendWqe) -> Exec 
                 SendOp::SendWithImm(i) => Some(i),
                 _ => None,
             };
-            let c = b.done(r.wr_id, WcStatus::Success, WcOpcode::Recv, total as u32, imm);
+            let c = b.done(
+                r.wr_id,
+                WcStatus::Success,
+                WcOpcode::Recv,
+                total as u32,
+                imm,
+            );
             b.complete(true, c);
             if w.signaled {
-                let c = a.done(w.wr_id, WcStatus::Success, WcOpcode::Send, total as u32, None);
+                let c = a.done(
+                    w.wr_id,
+                    WcStatus::Success,
+                    WcOpcode::Send,
+                    total as u32,
+                    None,
+                );
                 a.complete(false, c);
             }
             Exec::Done
         }
         SendOp::RdmaWrite { remote_addr, rkey } | SendOp::RdmaRead { remote_addr, rkey } => {
             let read = matches!(w.op, SendOp::RdmaRead { .. });
-            let need_local = if read { AccessFlags::LOCAL_WRITE } else { AccessFlags::empty() };
+            let need_local = if read {
+                AccessFlags::LOCAL_WRITE
+            } else {
+                AccessFlags::empty()
+            };
             let Some((segs, n, total)) = resolve_local(mrs, a.pd, local, need_local) else {
                 a.fail(WcStatus::LocalProtection);
                 return Exec::Dead;
             };
             if total > 0 {
-                let need = if read { AccessFlags::REMOTE_READ } else { AccessFlags::REMOTE_WRITE };
+                let need = if read {
+                    AccessFlags::REMOTE_READ
+                } else {
+                    AccessFlags::REMOTE_WRITE
+                };
                 if !resolve_remote(mrs, b.pd, rkey, remote_addr, total, need) {
                     a.fail(WcStatus::RemoteAccess);
                     b.flush_all();
@@ -543,7 +619,11 @@ fn execute(mrs: &[MrSlot], a: &mut QpBody, b: &mut QpBody, w: &SendWqe) -> Exec 
                 }
             }
             if w.signaled {
-                let op = if read { WcOpcode::RdmaRead } else { WcOpcode::RdmaWrite };
+                let op = if read {
+                    WcOpcode::RdmaRead
+                } else {
+                    WcOpcode::RdmaWrite
+                };
                 let c = a.done(w.wr_id, WcStatus::Success, op, total as u32, None);
                 a.complete(false, c);
             }
@@ -560,7 +640,14 @@ impl Engine {
                 if self.mrs.len() >= (1 << 24) - 1 {
                     return Err(Error::verb("ibv_reg_mr", libc::ENOMEM));
                 }
-                self.mrs.push(MrSlot { gen: 0, live: false, pd: 0, addr: 0, len: 0, access: AccessFlags::empty() });
+                self.mrs.push(MrSlot {
+                    gen: 0,
+                    live: false,
+                    pd: 0,
+                    addr: 0,
+                    len: 0,
+                    access: AccessFlags::empty(),
+                });
                 (self.mrs.len() - 1) as u32
             }
         };
@@ -571,7 +658,9 @@ impl Engine {
     }
 
     fn mr_free(&mut self, key: u32) {
-        let Some(idx) = (key >> 8).checked_sub(1) else { return };
+        let Some(idx) = (key >> 8).checked_sub(1) else {
+            return;
+        };
         if let Some(slot) = self.mrs.get_mut(idx as usize) {
             if slot.live && slot.gen == (key & 0xff) as u8 {
                 slot.live = false;
@@ -617,14 +706,23 @@ impl Engine {
     fn progress(&mut self, a: QpRef) {
         let Engine { mrs, qps, .. } = self;
         loop {
-            let Some(slot) = qps.get(a.idx as usize) else { return };
-            let Some(qa) = slot.body.as_ref().filter(|_| slot.gen == a.gen) else { return };
+            let Some(slot) = qps.get(a.idx as usize) else {
+                return;
+            };
+            let Some(qa) = slot.body.as_ref().filter(|_| slot.gen == a.gen) else {
+                return;
+            };
             if qa.state != QpState::Rts {
                 return;
             }
-            let Some(w) = qa.sq.front().copied() else { return };
+            let Some(w) = qa.sq.front().copied() else {
+                return;
+            };
             let peer = qa.peer.filter(|p| {
-                p.idx != a.idx && qps.get(p.idx as usize).is_some_and(|s| s.gen == p.gen && s.body.is_some())
+                p.idx != a.idx
+                    && qps
+                        .get(p.idx as usize)
+                        .is_some_and(|s| s.gen == p.gen && s.body.is_some())
             });
             let Some(p) = peer else {
                 // No peer any more: the requester's retries run out.
@@ -637,7 +735,9 @@ impl Engine {
             let (left, right) = qps.split_at_mut(hi);
             let (x, y) = (&mut left[lo], &mut right[0]);
             let (sa, sb) = if a.idx < p.idx { (x, y) } else { (y, x) };
-            let (Some(qa), Some(qb)) = (sa.body.as_mut(), sb.body.as_mut()) else { return };
+            let (Some(qa), Some(qb)) = (sa.body.as_mut(), sb.body.as_mut()) else {
+                return;
+            };
             match execute(mrs, qa, qb, &w) {
                 Exec::Done => {
                     qa.sq.pop_front();
@@ -726,7 +826,11 @@ pub(crate) struct Channel {
 
 impl Channel {
     pub(crate) fn new() -> Channel {
-        Channel { shared: Arc::new(ChanShared { q: Mutex::new(VecDeque::new()) }) }
+        Channel {
+            shared: Arc::new(ChanShared {
+                q: Mutex::new(VecDeque::new()),
+            }),
+        }
     }
 
     pub(crate) fn poll_event(&mut self) -> Option<CmEvent> {
@@ -742,14 +846,20 @@ impl Channel {
         let mut e = engine();
         let clash = e.listeners.iter().any(|l| {
             l.addr.port() == addr.port()
-                && (l.addr.ip() == addr.ip() || l.addr.ip().is_unspecified() || addr.ip().is_unspecified())
+                && (l.addr.ip() == addr.ip()
+                    || l.addr.ip().is_unspecified()
+                    || addr.ip().is_unspecified())
         });
         if clash {
             return Err(Error::verb("rdma_bind_addr", libc::EADDRINUSE));
         }
         let key = e.next_listener;
         e.next_listener += 1;
-        e.listeners.push(Listener { addr, key, route: id.route() });
+        e.listeners.push(Listener {
+            addr,
+            key,
+            route: id.route(),
+        });
         drop(e);
         id.listener = Some(key);
         tracing::info!(%addr, "loopback rdma_cm listening");
@@ -798,15 +908,29 @@ pub(crate) struct CmId {
 
 impl CmId {
     fn new(chan: Arc<ChanShared>) -> CmId {
-        CmId { token: next_token(), dst: None, route_resolved: false, pending: None, listener: None, qp: None, chan }
+        CmId {
+            token: next_token(),
+            dst: None,
+            route_resolved: false,
+            pending: None,
+            listener: None,
+            qp: None,
+            chan,
+        }
     }
 
     fn route(&self) -> CmRoute {
-        CmRoute { chan: Arc::downgrade(&self.chan), token: self.token }
+        CmRoute {
+            chan: Arc::downgrade(&self.chan),
+            token: self.token,
+        }
     }
 
     fn push_self(&self, kind: CmEventKind) {
-        lock(&self.chan.q).push_back(CmEvent { token: self.token, kind });
+        lock(&self.chan.q).push_back(CmEvent {
+            token: self.token,
+            kind,
+        });
     }
 
     pub(crate) fn token(&self) -> CmToken {
@@ -814,10 +938,16 @@ impl CmId {
     }
 
     pub(crate) fn device_name(&self) -> Option<String> {
-        (self.dst.is_some() || self.pending.is_some() || self.qp.is_some()).then(|| DEVICE_NAME.to_string())
+        (self.dst.is_some() || self.pending.is_some() || self.qp.is_some())
+            .then(|| DEVICE_NAME.to_string())
     }
 
-    pub(crate) fn resolve_addr(&mut self, _src: Option<SocketAddr>, dst: SocketAddr, _ms: i32) -> Result<()> {
+    pub(crate) fn resolve_addr(
+        &mut self,
+        _src: Option<SocketAddr>,
+        dst: SocketAddr,
+        _ms: i32,
+    ) -> Result<()> {
         if self.listener.is_some() || self.pending.is_some() {
             return Err(Error::verb("rdma_resolve_addr", libc::EINVAL));
         }
@@ -835,12 +965,20 @@ impl CmId {
         Ok(())
     }
 
-    pub(crate) fn create_qp(&mut self, pd: &Arc<Pd>, scq: &Cq, rcq: &Cq, caps: QpCaps) -> Result<QpCaps> {
+    pub(crate) fn create_qp(
+        &mut self,
+        pd: &Arc<Pd>,
+        scq: &Cq,
+        rcq: &Cq,
+        caps: QpCaps,
+    ) -> Result<QpCaps> {
         if self.qp.is_some() {
             return Err(Error::InvalidState("the CM id already has a QP"));
         }
         if self.dst.is_none() && self.pending.is_none() {
-            return Err(Error::InvalidState("create_qp before the id is bound to a device"));
+            return Err(Error::InvalidState(
+                "create_qp before the id is bound to a device",
+            ));
         }
         let bad = caps.max_send_sge as usize > MAX_SGE
             || caps.max_recv_sge as usize > MAX_SGE
@@ -892,7 +1030,9 @@ impl CmId {
         let r = qp.r;
         let mut out = Outbox::default();
         let mut e = engine();
-        let Some(q) = e.qp(r) else { return Err(Error::verb("rdma_connect", libc::EINVAL)) };
+        let Some(q) = e.qp(r) else {
+            return Err(Error::verb("rdma_connect", libc::EINVAL));
+        };
         if q.state != QpState::Init || q.connecting {
             return Err(Error::verb("rdma_connect", libc::EISCONN));
         }
@@ -901,7 +1041,10 @@ impl CmId {
         let listener = e
             .listeners
             .iter()
-            .find(|l| l.addr.port() == dst.port() && (l.addr.ip() == dst.ip() || l.addr.ip().is_unspecified()))
+            .find(|l| {
+                l.addr.port() == dst.port()
+                    && (l.addr.ip() == dst.ip() || l.addr.ip().is_unspecified())
+            })
             .and_then(|l| l.route.chan.upgrade().map(|ch| (ch, l.route.token)));
         match listener {
             None => {
@@ -909,15 +1052,32 @@ impl CmId {
                     q.connecting = false;
                 }
                 let private_data = PrivateData::padded(&[], MAX_REJECT_PRIVATE_DATA);
-                out.push(&own, CmEventKind::Rejected { reason: REJECT_NO_LISTENER, private_data });
+                out.push(
+                    &own,
+                    CmEventKind::Rejected {
+                        reason: REJECT_NO_LISTENER,
+                        private_data,
+                    },
+                );
             }
             Some((ch, ltoken)) => {
                 let mut id = CmId::new(ch.clone());
                 id.pending = Some(r);
                 id.dst = Some(dst);
                 let private_data = PrivateData::padded(pdata, MAX_CONNECT_PRIVATE_DATA);
-                let route = CmRoute { chan: Arc::downgrade(&ch), token: ltoken };
-                out.push(&route, CmEventKind::ConnectRequest { id: crate::CmId { inner: crate::CmIdImpl::Loopback(id) }, private_data });
+                let route = CmRoute {
+                    chan: Arc::downgrade(&ch),
+                    token: ltoken,
+                };
+                out.push(
+                    &route,
+                    CmEventKind::ConnectRequest {
+                        id: crate::CmId {
+                            inner: crate::CmIdImpl::Loopback(id),
+                        },
+                        private_data,
+                    },
+                );
             }
         }
         drop(e);
@@ -930,7 +1090,9 @@ impl CmId {
             return Err(Error::InvalidState("accept without a QP"));
         };
         let Some(active) = self.pending else {
-            return Err(Error::InvalidState("accept on an id that is not a connect request"));
+            return Err(Error::InvalidState(
+                "accept on an id that is not a connect request",
+            ));
         };
         let me = qp.r;
         let mut out = Outbox::default();
@@ -948,12 +1110,24 @@ impl CmId {
                 return Err(Error::verb("rdma_accept", libc::ECONNRESET));
             }
         };
-        let Some(q) = e.qp(me) else { return Err(Error::verb("rdma_accept", libc::EINVAL)) };
+        let Some(q) = e.qp(me) else {
+            return Err(Error::verb("rdma_accept", libc::EINVAL));
+        };
         q.state = QpState::Rts;
         q.peer = Some(active);
         let own = q.route.clone();
-        out.push(&active_route, CmEventKind::Established { private_data: PrivateData::padded(pdata, MAX_ACCEPT_PRIVATE_DATA) });
-        out.push(&own, CmEventKind::Established { private_data: PrivateData::EMPTY });
+        out.push(
+            &active_route,
+            CmEventKind::Established {
+                private_data: PrivateData::padded(pdata, MAX_ACCEPT_PRIVATE_DATA),
+            },
+        );
+        out.push(
+            &own,
+            CmEventKind::Established {
+                private_data: PrivateData::EMPTY,
+            },
+        );
         drop(e);
         self.pending = None;
         out.deliver();
@@ -962,7 +1136,9 @@ impl CmId {
     }
 
     fn reject_pending(&mut self, pdata: &[u8]) -> bool {
-        let Some(active) = self.pending.take() else { return false };
+        let Some(active) = self.pending.take() else {
+            return false;
+        };
         let mut out = Outbox::default();
         let mut e = engine();
         if let Some(a) = e.qp(active) {
@@ -970,7 +1146,13 @@ impl CmId {
                 a.connecting = false;
                 let private_data = PrivateData::padded(pdata, MAX_REJECT_PRIVATE_DATA);
                 let route = a.route.clone();
-                out.push(&route, CmEventKind::Rejected { reason: REJECT_CONSUMER, private_data });
+                out.push(
+                    &route,
+                    CmEventKind::Rejected {
+                        reason: REJECT_CONSUMER,
+                        private_data,
+                    },
+                );
             }
         }
         drop(e);
@@ -982,7 +1164,9 @@ impl CmId {
         if self.reject_pending(pdata) {
             Ok(())
         } else {
-            Err(Error::InvalidState("reject on an id that is not a connect request"))
+            Err(Error::InvalidState(
+                "reject on an id that is not a connect request",
+            ))
         }
     }
 
@@ -1006,7 +1190,9 @@ impl CmId {
         }
         let r = qp.r;
         let mut e = engine();
-        let Some(q) = e.qp(r) else { return Err(Error::verb("ibv_post_send", libc::EINVAL)) };
+        let Some(q) = e.qp(r) else {
+            return Err(Error::verb("ibv_post_send", libc::EINVAL));
+        };
         match q.state {
             QpState::Init => return Err(Error::verb("ibv_post_send", libc::EINVAL)),
             QpState::Error => {
@@ -1048,7 +1234,9 @@ impl CmId {
         }
         let r = qp.r;
         let mut e = engine();
-        let Some(q) = e.qp(r) else { return Err(Error::verb("ibv_post_recv", libc::EINVAL)) };
+        let Some(q) = e.qp(r) else {
+            return Err(Error::verb("ibv_post_recv", libc::EINVAL));
+        };
         if q.state == QpState::Error {
             let c = q.done(wr_id, WcStatus::WrFlush, WcOpcode::Recv, 0, None);
             q.complete(true, c);
@@ -1057,7 +1245,11 @@ impl CmId {
         if q.rq.len() >= q.caps.max_recv_wr as usize {
             return Err(Error::verb("ibv_post_recv", libc::ENOMEM));
         }
-        q.rq.push_back(RecvWqe { wr_id, n: sges.len() as u8, sges: sge_array(sges) });
+        q.rq.push_back(RecvWqe {
+            wr_id,
+            n: sges.len() as u8,
+            sges: sge_array(sges),
+        });
         if let Some(p) = q.peer {
             e.progress(p);
         }

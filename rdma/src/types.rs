@@ -99,19 +99,39 @@ pub struct SendWr<'a> {
 impl<'a> SendWr<'a> {
     /// A signaled SEND.
     pub fn send(wr_id: u64, sges: &'a [Sge]) -> Self {
-        Self { wr_id, sges, op: SendOp::Send, signaled: true }
+        Self {
+            wr_id,
+            sges,
+            op: SendOp::Send,
+            signaled: true,
+        }
     }
     /// A signaled SEND with immediate data.
     pub fn send_imm(wr_id: u64, sges: &'a [Sge], imm: u32) -> Self {
-        Self { wr_id, sges, op: SendOp::SendWithImm(imm), signaled: true }
+        Self {
+            wr_id,
+            sges,
+            op: SendOp::SendWithImm(imm),
+            signaled: true,
+        }
     }
     /// A signaled RDMA WRITE.
     pub fn write(wr_id: u64, sges: &'a [Sge], remote_addr: u64, rkey: u32) -> Self {
-        Self { wr_id, sges, op: SendOp::RdmaWrite { remote_addr, rkey }, signaled: true }
+        Self {
+            wr_id,
+            sges,
+            op: SendOp::RdmaWrite { remote_addr, rkey },
+            signaled: true,
+        }
     }
     /// A signaled RDMA READ.
     pub fn read(wr_id: u64, sges: &'a [Sge], remote_addr: u64, rkey: u32) -> Self {
-        Self { wr_id, sges, op: SendOp::RdmaRead { remote_addr, rkey }, signaled: true }
+        Self {
+            wr_id,
+            sges,
+            op: SendOp::RdmaRead { remote_addr, rkey },
+            signaled: true,
+        }
     }
     /// The same request, unsignaled.
     pub fn unsignaled(mut self) -> Self {
@@ -281,7 +301,13 @@ pub struct QpCaps {
 
 impl Default for QpCaps {
     fn default() -> Self {
-        Self { max_send_wr: 128, max_recv_wr: 128, max_send_sge: 4, max_recv_sge: 4, max_inline_data: 0 }
+        Self {
+            max_send_wr: 128,
+            max_recv_wr: 128,
+            max_send_sge: 4,
+            max_recv_sge: 4,
+            max_inline_data: 0,
+        }
     }
 }
 
@@ -314,7 +340,10 @@ pub struct PrivateData {
 
 impl PrivateData {
     /// No data.
-    pub const EMPTY: PrivateData = PrivateData { len: 0, buf: [0; MAX_ACCEPT_PRIVATE_DATA] };
+    pub const EMPTY: PrivateData = PrivateData {
+        len: 0,
+        buf: [0; MAX_ACCEPT_PRIVATE_DATA],
+    };
 
     /// Copies up to 196 bytes (the rest is dropped).
     pub fn new(data: &[u8]) -> Self {
@@ -496,6 +525,11 @@ pub struct ConnectOptions {
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        Self { responder_resources: 16, initiator_depth: 16, retry_count: 7, rnr_retry_count: 7 }
+        Self {
+            responder_resources: 16,
+            initiator_depth: 16,
+            retry_count: 7,
+            rnr_retry_count: 7,
+        }
     }
 }

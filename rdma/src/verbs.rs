@@ -18,7 +18,9 @@ use crate::types::*;
 use crate::{next_token, CmEvent, CmEventKind, CmToken};
 
 fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// Names of the verbs devices present (`ibv_get_device_list`).
@@ -34,7 +36,11 @@ pub(crate) fn device_names() -> Result<Vec<String>> {
         // SAFETY: the list holds `n` valid device pointers until freed.
         let dev = unsafe { *list.add(i) };
         // SAFETY: `dev` is a valid device; the name is a NUL-terminated string it owns.
-        names.push(unsafe { CStr::from_ptr(sys::ibv_get_device_name(dev)) }.to_string_lossy().into_owned());
+        names.push(
+            unsafe { CStr::from_ptr(sys::ibv_get_device_name(dev)) }
+                .to_string_lossy()
+                .into_owned(),
+        );
     }
     // SAFETY: `list` came from ibv_get_device_list and is freed once.
     unsafe { sys::ibv_free_device_list(list) };
@@ -72,7 +78,10 @@ impl Context {
         if list.is_null() {
             let e = errno();
             if e == libc::ENODEV || e == 0 {
-                return Err(Error::NoDevice { name: name.into(), present: vec![] });
+                return Err(Error::NoDevice {
+                    name: name.into(),
+                    present: vec![],
+                });
             }
             return Err(Error::verb("rdma_get_devices", e));
         }
@@ -83,13 +92,20 @@ impl Context {
             let cname = ctx_name(ctx);
             if cname == name {
                 tracing::debug!(device = name, "opened RDMA device");
-                return Ok(Arc::new(Context { ctx, list, name: cname }));
+                return Ok(Arc::new(Context {
+                    ctx,
+                    list,
+                    name: cname,
+                }));
             }
             present.push(cname);
         }
         // SAFETY: from rdma_get_devices, freed once.
         unsafe { sys::rdma_free_devices(list) };
-        Err(Error::NoDevice { name: name.into(), present })
+        Err(Error::NoDevice {
+            name: name.into(),
+            present,
+        })
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -105,7 +121,12 @@ impl Context {
         }
         // SAFETY: zero-initialized plain C struct, filled by the call.
         let a = unsafe { a.assume_init() };
-        let fw: Vec<u8> = a.fw_ver.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        let fw: Vec<u8> = a
+            .fw_ver
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
         let u = |v: i32| v.max(0) as u32;
         Ok(DeviceAttr {
             fw_ver: String::from_utf8_lossy(&fw).into_owned(),
@@ -187,7 +208,10 @@ impl Pd {
         if pd.is_null() {
             return Err(Error::last_os("ibv_alloc_pd"));
         }
-        Ok(Arc::new(Pd { pd, ctx: ctx.clone() }))
+        Ok(Arc::new(Pd {
+            pd,
+            ctx: ctx.clone(),
+        }))
     }
 }
 
@@ -214,13 +238,21 @@ unsafe impl Sync for Mr {}
 impl Mr {
     /// # Safety
     /// As [`crate::Mr::register_raw`].
-    pub(crate) unsafe fn register(pd: &Arc<Pd>, addr: *mut u8, len: usize, access: AccessFlags) -> Result<Mr> {
+    pub(crate) unsafe fn register(
+        pd: &Arc<Pd>,
+        addr: *mut u8,
+        len: usize,
+        access: AccessFlags,
+    ) -> Result<Mr> {
         // SAFETY: valid PD; the caller guarantees the memory outlives the MR.
         let mr = unsafe { sys::ibv_reg_mr(pd.pd, addr.cast(), len, access.bits() as i32) };
         if mr.is_null() {
             return Err(Error::last_os("ibv_reg_mr"));
         }
-        Ok(Mr { mr, _pd: pd.clone() })
+        Ok(Mr {
+            mr,
+            _pd: pd.clone(),
+        })
     }
     pub(crate) fn lkey(&self) -> u32 {
         // SAFETY: `mr` is valid until Drop.
@@ -279,7 +311,12 @@ impl Cq {
         if cq.is_null() {
             return Err(Error::last_os("ibv_create_cq"));
         }
-        Ok(Cq { inner: Arc::new(CqInner { cq, ctx: ctx.clone() }) })
+        Ok(Cq {
+            inner: Arc::new(CqInner {
+                cq,
+                ctx: ctx.clone(),
+            }),
+        })
     }
 
     #[inline]
@@ -287,7 +324,8 @@ impl Cq {
         let mut done = 0;
         while done < out.len() {
             let want = (out.len() - done).min(POLL_BATCH);
-            let mut wc: [MaybeUninit<sys::ibv_wc>; POLL_BATCH] = [const { MaybeUninit::uninit() }; POLL_BATCH];
+            let mut wc: [MaybeUninit<sys::ibv_wc>; POLL_BATCH] =
+                [const { MaybeUninit::uninit() }; POLL_BATCH];
             // SAFETY: valid CQ; `wc` has room for `want` entries.
             let n = unsafe { sys::ibv_poll_cq(self.inner.cq, want as i32, wc.as_mut_ptr().cast()) };
             if n <= 0 {
@@ -301,7 +339,9 @@ impl Cq {
                 let w = unsafe { w.assume_init_ref() };
                 let imm = if w.wc_flags & sys::ibv_wc_flags::IBV_WC_WITH_IMM.0 != 0 {
                     // SAFETY: with IBV_WC_WITH_IMM the union holds imm_data.
-                    Some(u32::from_be(unsafe { w.imm_data_invalidated_rkey_union.imm_data }))
+                    Some(u32::from_be(unsafe {
+                        w.imm_data_invalidated_rkey_union.imm_data
+                    }))
                 } else {
                     None
                 };
@@ -376,7 +416,9 @@ fn sockaddr_of(addr: SocketAddr) -> libc::sockaddr_storage {
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
@@ -387,7 +429,9 @@ fn sockaddr_of(addr: SocketAddr) -> libc::sockaddr_storage {
                 sin6_family: libc::AF_INET6 as libc::sa_family_t,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: a.flowinfo().to_be(),
-                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
                 sin6_scope_id: a.scope_id(),
             };
             // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
@@ -427,7 +471,12 @@ impl Channel {
         let mut id: *mut sys::rdma_cm_id = ptr::null_mut();
         // SAFETY: valid channel and out pointer; the context is the token.
         let ret = unsafe {
-            sys::rdma_create_id(self.inner.ch, &mut id, token.0 as *mut libc::c_void, sys::rdma_port_space::RDMA_PS_TCP)
+            sys::rdma_create_id(
+                self.inner.ch,
+                &mut id,
+                token.0 as *mut libc::c_void,
+                sys::rdma_port_space::RDMA_PS_TCP,
+            )
         };
         if ret != 0 {
             return Err(Error::from_ret("rdma_create_id", ret));
@@ -443,7 +492,8 @@ impl Channel {
         let id = self.new_id()?;
         let mut ss = sockaddr_of(addr);
         // SAFETY: valid id; `ss` holds a sockaddr of the right family.
-        let ret = unsafe { sys::rdma_bind_addr(id.id, (&mut ss as *mut libc::sockaddr_storage).cast()) };
+        let ret =
+            unsafe { sys::rdma_bind_addr(id.id, (&mut ss as *mut libc::sockaddr_storage).cast()) };
         if ret != 0 {
             return Err(Error::from_ret("rdma_bind_addr", ret));
         }
@@ -509,24 +559,46 @@ impl Channel {
                 unsafe { (*e.id).context = new_token.0 as *mut libc::c_void };
                 let mut id = CmId::wrap(e.id, self.inner.clone(), new_token);
                 // SAFETY: `param.conn` is the active member for CONNECT_REQUEST.
-                let (rr, depth) = unsafe { (e.param.conn.responder_resources, e.param.conn.initiator_depth) };
+                let (rr, depth) = unsafe {
+                    (
+                        e.param.conn.responder_resources,
+                        e.param.conn.initiator_depth,
+                    )
+                };
                 id.req = Some((rr, depth));
                 let private_data = pdata(MAX_CONNECT_PRIVATE_DATA);
-                return CmEvent { token: token(e.listen_id), kind: CmEventKind::ConnectRequest { id: crate::CmId { inner: crate::CmIdImpl::Verbs(id) }, private_data } };
+                return CmEvent {
+                    token: token(e.listen_id),
+                    kind: CmEventKind::ConnectRequest {
+                        id: crate::CmId {
+                            inner: crate::CmIdImpl::Verbs(id),
+                        },
+                        private_data,
+                    },
+                };
             }
-            t::RDMA_CM_EVENT_ESTABLISHED => CmEventKind::Established { private_data: pdata(MAX_ACCEPT_PRIVATE_DATA) },
-            t::RDMA_CM_EVENT_REJECTED => {
-                CmEventKind::Rejected { reason: status, private_data: pdata(MAX_REJECT_PRIVATE_DATA) }
-            }
+            t::RDMA_CM_EVENT_ESTABLISHED => CmEventKind::Established {
+                private_data: pdata(MAX_ACCEPT_PRIVATE_DATA),
+            },
+            t::RDMA_CM_EVENT_REJECTED => CmEventKind::Rejected {
+                reason: status,
+                private_data: pdata(MAX_REJECT_PRIVATE_DATA),
+            },
             t::RDMA_CM_EVENT_UNREACHABLE => CmEventKind::Unreachable { status },
             t::RDMA_CM_EVENT_CONNECT_ERROR => CmEventKind::ConnectError { status },
             t::RDMA_CM_EVENT_DISCONNECTED => CmEventKind::Disconnected,
             t::RDMA_CM_EVENT_TIMEWAIT_EXIT => CmEventKind::TimewaitExit,
             t::RDMA_CM_EVENT_DEVICE_REMOVAL => CmEventKind::DeviceRemoval,
             t::RDMA_CM_EVENT_ADDR_CHANGE => CmEventKind::AddrChange,
-            other => CmEventKind::Other { event: other, status },
+            other => CmEventKind::Other {
+                event: other,
+                status,
+            },
         };
-        CmEvent { token: token(e.id), kind }
+        CmEvent {
+            token: token(e.id),
+            kind,
+        }
     }
 }
 
@@ -549,7 +621,14 @@ unsafe impl Send for CmId {}
 
 impl CmId {
     fn wrap(id: *mut sys::rdma_cm_id, chan: Arc<ChannelInner>, token: CmToken) -> CmId {
-        CmId { id, token, qp: None, req: None, disconnected: false, _chan: chan }
+        CmId {
+            id,
+            token,
+            qp: None,
+            req: None,
+            disconnected: false,
+            _chan: chan,
+        }
     }
 
     pub(crate) fn token(&self) -> CmToken {
@@ -566,12 +645,26 @@ impl CmId {
         (!v.is_null()).then(|| ctx_name(v))
     }
 
-    pub(crate) fn resolve_addr(&mut self, src: Option<SocketAddr>, dst: SocketAddr, ms: i32) -> Result<()> {
+    pub(crate) fn resolve_addr(
+        &mut self,
+        src: Option<SocketAddr>,
+        dst: SocketAddr,
+        ms: i32,
+    ) -> Result<()> {
         let mut d = sockaddr_of(dst);
         let mut s = src.map(sockaddr_of);
-        let sp = s.as_mut().map_or(ptr::null_mut(), |s| (s as *mut libc::sockaddr_storage).cast());
+        let sp = s.as_mut().map_or(ptr::null_mut(), |s| {
+            (s as *mut libc::sockaddr_storage).cast()
+        });
         // SAFETY: valid id; the sockaddrs live across the call (copied by it).
-        let ret = unsafe { sys::rdma_resolve_addr(self.id, sp, (&mut d as *mut libc::sockaddr_storage).cast(), ms) };
+        let ret = unsafe {
+            sys::rdma_resolve_addr(
+                self.id,
+                sp,
+                (&mut d as *mut libc::sockaddr_storage).cast(),
+                ms,
+            )
+        };
         if ret != 0 {
             return Err(Error::from_ret("rdma_resolve_addr", ret));
         }
@@ -597,16 +690,26 @@ impl CmId {
         Ok(())
     }
 
-    pub(crate) fn create_qp(&mut self, pd: &Arc<Pd>, scq: &Cq, rcq: &Cq, caps: QpCaps) -> Result<QpCaps> {
+    pub(crate) fn create_qp(
+        &mut self,
+        pd: &Arc<Pd>,
+        scq: &Cq,
+        rcq: &Cq,
+        caps: QpCaps,
+    ) -> Result<QpCaps> {
         if self.qp.is_some() {
             return Err(Error::InvalidState("the CM id already has a QP"));
         }
         let v = self.verbs();
         if v.is_null() {
-            return Err(Error::InvalidState("create_qp before the id is bound to a device"));
+            return Err(Error::InvalidState(
+                "create_qp before the id is bound to a device",
+            ));
         }
         if pd.ctx.ctx != v || scq.inner.ctx.ctx != v || rcq.inner.ctx.ctx != v {
-            return Err(Error::WrongDevice("PD or CQ of another device than the CM id"));
+            return Err(Error::WrongDevice(
+                "PD or CQ of another device than the CM id",
+            ));
         }
         // SAFETY: all-zero is a valid ibv_qp_init_attr (null pointers, zero caps).
         let mut attr: sys::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
@@ -659,7 +762,10 @@ impl CmId {
         }
         // SAFETY: filled by the call.
         let a = unsafe { a.assume_init() };
-        (a.max_qp_rd_atom.clamp(0, 255) as u8, a.max_qp_init_rd_atom.clamp(0, 255) as u8)
+        (
+            a.max_qp_rd_atom.clamp(0, 255) as u8,
+            a.max_qp_init_rd_atom.clamp(0, 255) as u8,
+        )
     }
 
     pub(crate) fn connect(&mut self, pdata: &[u8], opts: &ConnectOptions) -> Result<()> {
@@ -689,7 +795,9 @@ impl CmId {
             return Err(Error::InvalidState("accept without a QP"));
         }
         let Some((peer_rr, peer_depth)) = self.req else {
-            return Err(Error::InvalidState("accept on an id that is not a connect request"));
+            return Err(Error::InvalidState(
+                "accept on an id that is not a connect request",
+            ));
         };
         let (rd, init) = self.device_rd_atoms();
         // SAFETY: all-zero is a valid rdma_conn_param.
@@ -712,7 +820,9 @@ impl CmId {
 
     pub(crate) fn reject(&mut self, pdata: &[u8]) -> Result<()> {
         if self.req.is_none() {
-            return Err(Error::InvalidState("reject on an id that is not a connect request"));
+            return Err(Error::InvalidState(
+                "reject on an id that is not a connect request",
+            ));
         }
         // SAFETY: valid connect-request id; the data is copied by the call.
         let ret = unsafe { sys::rdma_reject(self.id, pdata.as_ptr().cast(), pdata.len() as u8) };
@@ -755,7 +865,11 @@ impl CmId {
         // `Sge` is #[repr(C)] with the layout of `ibv_sge`; the device only reads the list.
         w.sg_list = wr.sges.as_ptr() as *mut sys::ibv_sge;
         w.num_sge = wr.sges.len() as i32;
-        w.send_flags = if wr.signaled { sys::ibv_send_flags::IBV_SEND_SIGNALED.0 } else { 0 };
+        w.send_flags = if wr.signaled {
+            sys::ibv_send_flags::IBV_SEND_SIGNALED.0
+        } else {
+            0
+        };
         use sys::ibv_wr_opcode as op;
         match wr.op {
             SendOp::Send => w.opcode = op::IBV_WR_SEND,

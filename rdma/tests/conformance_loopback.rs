@@ -11,7 +11,11 @@ fn run(name: &str) {
     let started = std::time::Instant::now();
     let r = conformance::run(&CASES[idx], &env);
     assert!(r.is_ok(), "{name}: {}", r.unwrap_err());
-    assert!(started.elapsed() < env.timeout * 4, "{name} took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < env.timeout * 4,
+        "{name} took {:?}",
+        started.elapsed()
+    );
 }
 
 macro_rules! cases {

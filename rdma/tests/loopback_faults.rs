@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use rdma::conformance::{connect_pair, Env, Pair};
 use rdma::{
-    AccessFlags, CmChannel, CmEventKind, CmId, Completion, Context, Cq, MrBuf, Pd, Provider, QpCaps, SendWr, Sge,
-    WcStatus,
+    AccessFlags, CmChannel, CmEventKind, CmId, Completion, Context, Cq, MrBuf, Pd, Provider,
+    QpCaps, SendWr, Sge, WcStatus,
 };
 
 fn pair(port: u16) -> Pair {
@@ -59,8 +59,14 @@ fn break_connection_errors_both_sides_then_disconnected() {
     assert_eq!((c[1].wr_id, c[1].status), (2, WcStatus::WrFlush));
     let sc = poll_n(&mut p.server.cq, 1);
     assert_eq!((sc[0].wr_id, sc[0].status), (9, WcStatus::WrFlush));
-    assert!(matches!(events(&mut p.client.chan)[0], CmEventKind::Disconnected));
-    assert!(matches!(events(&mut p.server.chan)[0], CmEventKind::Disconnected));
+    assert!(matches!(
+        events(&mut p.client.chan)[0],
+        CmEventKind::Disconnected
+    ));
+    assert!(matches!(
+        events(&mut p.server.chan)[0],
+        CmEventKind::Disconnected
+    ));
     // Later posts flush.
     // SAFETY: as above.
     unsafe { p.client.id().post_send(&SendWr::send(3, &[s])).unwrap() };
@@ -72,7 +78,12 @@ fn delayed_completions_keep_order() {
     let mut p = pair(41002);
     let remote = unsafe {
         // SAFETY: read only after the writes completed.
-        MrBuf::with_access(&p.server.pd, 4096, AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE).unwrap()
+        MrBuf::with_access(
+            &p.server.pd,
+            4096,
+            AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE,
+        )
+        .unwrap()
     };
     let src = MrBuf::new(&p.client.pd, 4096).unwrap();
     let f = p.client.id().faults().unwrap();
@@ -81,13 +92,21 @@ fn delayed_completions_keep_order() {
     for i in 0..4 {
         let s = src.sge(0, 100).unwrap();
         // SAFETY: buffers outlive the completions polled below.
-        unsafe { p.client.id().post_send(&SendWr::write(i, &[s], remote.addr(), remote.rkey())).unwrap() };
+        unsafe {
+            p.client
+                .id()
+                .post_send(&SendWr::write(i, &[s], remote.addr(), remote.rkey()))
+                .unwrap()
+        };
     }
     let mut buf = [Completion::EMPTY; 4];
     assert_eq!(p.client.cq.poll(&mut buf), 0, "completion before the delay");
     let c = poll_n(&mut p.client.cq, 4);
     assert!(t.elapsed() >= Duration::from_millis(30));
-    assert_eq!(c.iter().map(|c| c.wr_id).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+    assert_eq!(
+        c.iter().map(|c| c.wr_id).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
     f.delay_completions(Duration::ZERO);
 }
 
@@ -95,19 +114,37 @@ fn delayed_completions_keep_order() {
 fn fail_next_n_then_recover() {
     let mut p = pair(41004);
     // SAFETY: read only after the writes completed.
-    let remote = unsafe { MrBuf::with_access(&p.server.pd, 4096, AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE) }
-        .unwrap();
+    let remote = unsafe {
+        MrBuf::with_access(
+            &p.server.pd,
+            4096,
+            AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE,
+        )
+    }
+    .unwrap();
     let mut src = MrBuf::new(&p.client.pd, 4096).unwrap();
     src.as_mut_slice().fill(7);
-    p.client.id().faults().unwrap().fail_next(2, WcStatus::RemoteAccess);
+    p.client
+        .id()
+        .faults()
+        .unwrap()
+        .fail_next(2, WcStatus::RemoteAccess);
     for i in 0..3 {
         let s = src.sge(0, 100).unwrap();
         // SAFETY: buffers outlive the completions polled below.
-        unsafe { p.client.id().post_send(&SendWr::write(i, &[s], remote.addr(), remote.rkey())).unwrap() };
+        unsafe {
+            p.client
+                .id()
+                .post_send(&SendWr::write(i, &[s], remote.addr(), remote.rkey()))
+                .unwrap()
+        };
         let c = poll_n(&mut p.client.cq, 1)[0];
         if i < 2 {
             assert_eq!(c.status, WcStatus::RemoteAccess);
-            assert!(remote.as_slice().iter().all(|&b| b == 0), "failed WR touched memory");
+            assert!(
+                remote.as_slice().iter().all(|&b| b == 0),
+                "failed WR touched memory"
+            );
         } else {
             assert_eq!(c.status, WcStatus::Success);
             assert!(remote.as_slice()[..100].iter().all(|&b| b == 7));
@@ -122,7 +159,12 @@ fn rnr_fault_fails_send_without_recv() {
     p.client.id().faults().unwrap().set_rnr_fail(true);
     let s = src.sge(0, 8).unwrap();
     // SAFETY: buffers outlive the completions polled below.
-    unsafe { p.client.id().post_send(&SendWr::send(5, &[s]).unsignaled()).unwrap() };
+    unsafe {
+        p.client
+            .id()
+            .post_send(&SendWr::send(5, &[s]).unsignaled())
+            .unwrap()
+    };
     let c = poll_n(&mut p.client.cq, 1)[0];
     assert_eq!((c.wr_id, c.status), (5, WcStatus::RnrRetryExceeded));
 }
@@ -134,18 +176,38 @@ fn message_longer_than_recv_and_bad_lkey() {
     let dst = MrBuf::new(&p.server.pd, 4096).unwrap();
     // SAFETY: buffers outlive the completions polled below.
     unsafe {
-        p.server.id().post_recv(1, &[dst.sge(0, 16).unwrap()]).unwrap();
-        p.client.id().post_send(&SendWr::send(2, &[src.sge(0, 17).unwrap()])).unwrap();
+        p.server
+            .id()
+            .post_recv(1, &[dst.sge(0, 16).unwrap()])
+            .unwrap();
+        p.client
+            .id()
+            .post_send(&SendWr::send(2, &[src.sge(0, 17).unwrap()]))
+            .unwrap();
     }
     assert_eq!(poll_n(&mut p.server.cq, 1)[0].status, WcStatus::LocalLength);
-    assert_eq!(poll_n(&mut p.client.cq, 1)[0].status, WcStatus::RemoteInvalidRequest);
+    assert_eq!(
+        poll_n(&mut p.client.cq, 1)[0].status,
+        WcStatus::RemoteInvalidRequest
+    );
 
     let mut p = pair(41010);
     let src = MrBuf::new(&p.client.pd, 4096).unwrap();
-    let bad = Sge { lkey: src.lkey() ^ 0x80, ..src.sge(0, 16).unwrap() };
+    let bad = Sge {
+        lkey: src.lkey() ^ 0x80,
+        ..src.sge(0, 16).unwrap()
+    };
     // SAFETY: refused by the key check; `src` outlives the completion anyway.
-    unsafe { p.client.id().post_send(&SendWr::write(3, &[bad], src.addr(), src.rkey())).unwrap() };
-    assert_eq!(poll_n(&mut p.client.cq, 1)[0].status, WcStatus::LocalProtection);
+    unsafe {
+        p.client
+            .id()
+            .post_send(&SendWr::write(3, &[bad], src.addr(), src.rkey()))
+            .unwrap()
+    };
+    assert_eq!(
+        poll_n(&mut p.client.cq, 1)[0].status,
+        WcStatus::LocalProtection
+    );
 }
 
 #[test]
@@ -153,9 +215,20 @@ fn drop_in_any_order() {
     let mut p = pair(41012);
     let buf = MrBuf::new(&p.server.pd, 4096).unwrap();
     // SAFETY: the QP is destroyed before `buf` (dropped last below).
-    unsafe { p.server.id().post_recv(1, &[buf.sge(0, 64).unwrap()]).unwrap() };
+    unsafe {
+        p.server
+            .id()
+            .post_recv(1, &[buf.sge(0, 64).unwrap()])
+            .unwrap()
+    };
     let Pair { server, client, .. } = p;
-    let rdma::conformance::Side { chan, ctx, pd, cq, id } = server;
+    let rdma::conformance::Side {
+        chan,
+        ctx,
+        pd,
+        cq,
+        id,
+    } = server;
     drop(ctx);
     drop(pd);
     drop(chan);
@@ -184,11 +257,20 @@ fn provider_objects_are_send() {
 #[test]
 fn two_threads_stream() {
     const N: u64 = 20_000;
-    let Pair { mut server, mut client, .. } = pair(41014);
+    let Pair {
+        mut server,
+        mut client,
+        ..
+    } = pair(41014);
     let rbuf = MrBuf::new(&server.pd, 64 * 64).unwrap();
     for i in 0..64u64 {
         // SAFETY: `rbuf` lives in this scope, which outlives both threads' QP use.
-        unsafe { server.id().post_recv(i, &[rbuf.sge(i as usize * 64, 64).unwrap()]).unwrap() };
+        unsafe {
+            server
+                .id()
+                .post_recv(i, &[rbuf.sge(i as usize * 64, 64).unwrap()])
+                .unwrap()
+        };
     }
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -212,7 +294,10 @@ fn two_threads_stream() {
             let (mut posted, mut done) = (0, 0);
             while done < N {
                 if posted < N && posted - done < 128 {
-                    let wr = SendWr { signaled: posted % 32 == 31 || posted == N - 1, ..SendWr::send(posted, &sge) };
+                    let wr = SendWr {
+                        signaled: posted % 32 == 31 || posted == N - 1,
+                        ..SendWr::send(posted, &sge)
+                    };
                     // SAFETY: `sbuf` is never written and outlives the QP use (awaited).
                     unsafe { client.id().post_send(&wr).unwrap() };
                     posted += 1;
@@ -231,9 +316,14 @@ fn two_threads_stream() {
 fn listen_twice_is_addr_in_use_and_wrong_provider_objects() {
     let chan = CmChannel::new(Provider::Loopback).unwrap();
     let _l = chan.listen("127.0.0.1:41016".parse().unwrap(), 4).unwrap();
-    let e = chan.listen("0.0.0.0:41016".parse().unwrap(), 4).unwrap_err();
+    let e = chan
+        .listen("0.0.0.0:41016".parse().unwrap(), 4)
+        .unwrap_err();
     assert_eq!(e.errno(), Some(libc::EADDRINUSE));
-    assert_eq!(e.to_string(), "rdma_bind_addr failed: Address already in use (errno 98)");
+    assert_eq!(
+        e.to_string(),
+        "rdma_bind_addr failed: Address already in use (errno 98)"
+    );
     let mut id: CmId = chan.create_id().unwrap();
     let ctx = Context::open(Provider::Loopback, "lo").unwrap();
     let (pd, cq) = (Pd::new(&ctx).unwrap(), Cq::new(&ctx, 16).unwrap());

@@ -36,11 +36,19 @@ fn main() -> ExitCode {
         let mut val = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
         let r: Result<(), String> = (|| {
             match a.as_str() {
-                "--provider" => provider = val("--provider")?.parse().map_err(|e| format!("{e}"))?,
+                "--provider" => {
+                    provider = val("--provider")?.parse().map_err(|e| format!("{e}"))?
+                }
                 "--dev" => dev = Some(val("--dev")?),
                 "--addr" => addr = val("--addr")?.parse().map_err(|e| format!("--addr: {e}"))?,
                 "--port" => port = val("--port")?.parse().map_err(|e| format!("--port: {e}"))?,
-                "--timeout" => timeout = Some(val("--timeout")?.parse().map_err(|e| format!("--timeout: {e}"))?),
+                "--timeout" => {
+                    timeout = Some(
+                        val("--timeout")?
+                            .parse()
+                            .map_err(|e| format!("--timeout: {e}"))?,
+                    )
+                }
                 "--case" => only.push(val("--case")?),
                 "--list" => {
                     for c in CASES {
@@ -79,7 +87,13 @@ fn main() -> ExitCode {
         if !only.is_empty() && !only.iter().any(|o| o == case.0) {
             continue;
         }
-        let env = Env { provider, dev: dev.clone(), addr, port: port + 2 * i as u16, timeout };
+        let env = Env {
+            provider,
+            dev: dev.clone(),
+            addr,
+            port: port + 2 * i as u16,
+            timeout,
+        };
         let t = Instant::now();
         match conformance::run(case, &env) {
             Ok(()) => {
