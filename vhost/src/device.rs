@@ -225,6 +225,7 @@ impl DeviceHandler {
 
     /// Publishes the current memory table to running queues.
     fn publish_mem(&mut self) -> VuResult<()> {
+        self.regions.sort_by_key(|r| r.gpa);
         let regions: Vec<Arc<GuestRegionMmap>> = self.regions.iter().map(|r| Arc::clone(&r.mmap)).collect();
         let mem = Arc::new(GuestMemoryMmap::from_arc_regions(regions).map_err(|e| io_err(e.to_string()))?);
         for v in &self.vrings {
@@ -242,7 +243,10 @@ impl DeviceHandler {
     }
 
     fn map_region(r: &VhostUserMemoryRegion, file: File) -> VuResult<Region> {
-        let mmap = r.mmap_region::<()>(file)?;
+        let mmap = r.mmap_region::<()>(file).inspect_err(|e| {
+            let (gpa, size, offset) = ({ r.guest_phys_addr }, { r.memory_size }, { r.mmap_offset });
+            tracing::warn!(gpa, size, offset, error = %e, "cannot map a memory region")
+        })?;
         let region = GuestRegionMmap::new(mmap, GuestAddress(r.guest_phys_addr)).ok_or(VuError::InvalidParam)?;
         Ok(Region { gpa: r.guest_phys_addr, size: r.memory_size, user_addr: r.user_addr, mmap: Arc::new(region) })
     }
@@ -471,10 +475,16 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
         if self.regions.len() as u64 >= MAX_MEM_SLOTS {
             return Err(VuError::InvalidOperation("too many memory regions"));
         }
+        let (gpa, size) = ({ region.guest_phys_addr }, { region.memory_size });
+        let end = gpa.checked_add(size).ok_or(VuError::InvalidParam)?;
+        if self.regions.iter().any(|r| gpa < r.gpa + r.size && r.gpa < end) {
+            return Err(VuError::InvalidParam);
+        }
         let r = Self::map_region(region, fd)?;
+        let added = Arc::clone(&r.mmap);
         self.regions.push(r);
         if let Err(e) = self.publish_mem() {
-            self.regions.pop();
+            self.regions.retain(|r| !Arc::ptr_eq(&r.mmap, &added));
             return Err(e);
         }
         Ok(None)

@@ -328,6 +328,13 @@ impl Core {
 
     /// Publishes counters, raises the interrupt if the driver wants one.
     fn flush(&mut self, ctl: &QueueCtl, on_reactor: bool) {
+        // Add before subtracting: the reactor's counter saturates at 0.
+        if self.started > 0 {
+            if on_reactor {
+                reactor::inflight_add(self.started);
+            }
+            self.started = 0;
+        }
         if self.completed > 0 {
             if self.q.needs_notification(&*self.mem).unwrap_or(true) {
                 if let Some(call) = &self.call {
@@ -342,12 +349,6 @@ impl Core {
                 reactor::inflight_sub(self.completed);
             }
             self.completed = 0;
-        }
-        if self.started > 0 {
-            if on_reactor {
-                reactor::inflight_add(self.started);
-            }
-            self.started = 0;
         }
         if self.errors > 0 {
             ctl.errors.fetch_add(self.errors, Ordering::Relaxed);
