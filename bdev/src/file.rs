@@ -144,7 +144,16 @@ impl Bdev for FileBdev {
     }
 
     fn open_module_channel(&self) -> Result<Box<dyn BdevChannel>, BdevError> {
-        let ring = IoUring::new(FILE_QUEUE_DEPTH as u32)
+        // COOP_TASKRUN + TASKRUN_FLAG: completions are not pushed onto this
+        // (always busy, polling) thread with an interrupt; the kernel sets a
+        // flag and the next io_uring_enter we make runs them. Older kernels
+        // refuse the flags: fall back to a plain ring.
+        let ring = IoUring::builder()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .setup_single_issuer()
+            .build(FILE_QUEUE_DEPTH as u32)
+            .or_else(|_| IoUring::new(FILE_QUEUE_DEPTH as u32))
             .map_err(|source| BdevError::Os { what: "io_uring_setup", source })?;
         let slots = Slab::with_capacity(FILE_QUEUE_DEPTH);
         Ok(Box::new(FileChannel {
@@ -280,7 +289,7 @@ impl BdevChannel for FileChannel {
 
     fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
         let mut n = self.cq.drain(done);
-        if self.unsubmitted > 0 {
+        if self.unsubmitted > 0 || (!self.slots.is_empty() && self.ring.submission().taskrun()) {
             match self.ring.submit() {
                 Ok(_) => self.unsubmitted = 0,
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EAGAIN) => {}

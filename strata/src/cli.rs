@@ -25,7 +25,7 @@ usage:
       reactors nap (0 = pure polling). SIGINT/SIGTERM drain I/O and exit 0.
   strata rpc [--socket PATH] [--timeout SECS] METHOD [PARAMS_JSON]
       Call a JSON-RPC method (like SPDK's rpc.py); `rpc_get_methods` lists them.
-  strata bench bdev [--config FILE --bdev NAME | --null | --malloc | --file PATH]
+  strata bench bdev [--config FILE --bdev NAME | --null [--no-zero-reads] | --malloc | --file PATH]
                     [--block-size N] [--size-mb N] [--cores LIST] [--bs BYTES]
                     [--qd N] [--rw randread|randwrite|randrw|read|write|rw]
                     [--rwmixread PCT] [--time SECS] [--json]
@@ -240,11 +240,13 @@ fn bench_cmd(mut p: lexopt::Parser) -> Result<i32, CliError> {
     let mut mix = 70u8;
     let mut secs = 10f64;
     let mut json_out = false;
+    let mut zero_reads = true;
     while let Some(arg) = p.next()? {
         match arg {
             Long("config") => config_path = Some(string(&mut p)?),
             Long("bdev") => bdev_name = Some(string(&mut p)?),
             Long("null") => kind = Some(("null".into(), None)),
+            Long("no-zero-reads") => zero_reads = false,
             Long("malloc") => kind = Some(("malloc".into(), None)),
             Long("file") => kind = Some(("file".into(), Some(string(&mut p)?))),
             Long("block-size") => block_size = num(&mut p, "block-size")?,
@@ -276,7 +278,10 @@ fn bench_cmd(mut p: lexopt::Parser) -> Result<i32, CliError> {
             let name = bdev_name.unwrap_or_else(|| "bench0".into());
             let num_blocks = size_mb * 1024 * 1024 / block_size.max(1) as u64;
             let (method, params) = match k.as_str() {
-                "null" => ("bdev_null_create", serde_json::json!({"name": name, "num_blocks": num_blocks, "block_size": block_size})),
+                "null" => (
+                    "bdev_null_create",
+                    serde_json::json!({"name": name, "num_blocks": num_blocks, "block_size": block_size, "zero_reads": zero_reads}),
+                ),
                 "malloc" => ("bdev_malloc_create", serde_json::json!({"name": name, "num_blocks": num_blocks, "block_size": block_size})),
                 _ => ("bdev_file_create", serde_json::json!({"name": name, "filename": file, "block_size": block_size})),
             };

@@ -216,9 +216,20 @@ fn register(d: &Daemon, b: Arc<dyn Bdev>, method: &str, p: Value) -> Result<Valu
 }
 
 fn bdev_null_create(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
-    let p: SizedParams = params(raw.clone())?;
+    #[derive(Deserialize, serde::Serialize)]
+    #[serde(deny_unknown_fields)]
+    struct P {
+        name: String,
+        num_blocks: u64,
+        block_size: u32,
+        /// Reads zero the buffer (default); false leaves it untouched, as
+        /// SPDK's null bdev does.
+        #[serde(default = "yes")]
+        zero_reads: bool,
+    }
+    let p: P = params(raw)?;
     d.registry.check_new(&p.name, &[])?;
-    let b = Arc::new(bdev::null::create(&p.name, p.num_blocks, p.block_size)?);
+    let b = Arc::new(bdev::null::create(&p.name, p.num_blocks, p.block_size)?.with_zero_reads(p.zero_reads));
     register(d, b, "bdev_null_create", json!(p))
 }
 
@@ -242,6 +253,10 @@ fn bdev_file_create(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
     d.registry.check_new(&p.name, &[])?;
     let b = Arc::new(bdev::file::create(&p.name, &p.filename, p.block_size)?);
     register(d, b, "bdev_file_create", json!(p))
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_block_size() -> u32 {
