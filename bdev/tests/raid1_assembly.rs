@@ -121,7 +121,7 @@ fn raid1_unclean_shutdown_resyncs_only_dirty_regions() {
         junk.as_mut_slice().fill(0xa5);
         assert_eq!(write(&mut ch, off + 17 * region_blocks, &mut junk), IoStatus::Success);
     }
-    assert!(!members_equal(&open(2)[0], &open(3)[1], off, 14336 - 0));
+    assert!(!members_equal(&open(2)[0], &open(3)[1], off, 14336));
     // Restart: reassemble from the members alone.
     let m = open(4);
     let r = make("k9_r", 64, &[&m[0], &m[1]]);

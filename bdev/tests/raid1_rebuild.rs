@@ -51,10 +51,9 @@ fn raid1_rebuild_under_concurrent_writes_matches_the_survivor() {
     // between its own polls: writes land ahead of, behind and inside the
     // rebuild window.
     let mut batches_during_rebuild = 0;
-    let mut seed = 52;
     let mut written: Vec<(u64, u64)> = Vec::new(); // (chunk, seed) latest
     let mut progress_seen = false;
-    for round in 0..10_000u64 {
+    for (round, seed) in (0..10_000u64).zip(52u64..) {
         let ios = shuffled_writes(n_chunks, 16, seed).into_iter().skip((round as usize * 7) % 50).step_by(53).take(12).collect::<Vec<_>>();
         let st = run_ios(&mut ch, &ios, 8, &mut |_| {
             task.poll();
@@ -63,7 +62,6 @@ fn raid1_rebuild_under_concurrent_writes_matches_the_survivor() {
         for io in &ios {
             written.push((io.lba / 16, seed));
         }
-        seed += 1;
         let s = r.status();
         if s["rebuild"]["active"] == true {
             batches_during_rebuild += 1;
@@ -288,4 +286,55 @@ fn raid1_rpc_helpers_keep_the_registry_in_step() {
     drop(task);
     reg.remove("rp_r").unwrap();
     assert_eq!(reg.claimed_by("rp_a"), None);
+}
+
+#[test]
+fn raid1_member_replaced_mid_rebuild_is_rebuilt_in_full() {
+    let a = mem("rr_a", 16384, 512);
+    let b = mem("rr_b", 16384, 512);
+    let r = make("rr_r", 64, &[&a, &b]);
+    let off = data_offset(&r);
+    let n = r.info().num_blocks;
+    let mut ch = open_channel(&as_dyn(&r)).unwrap();
+    assert!(run_ios(&mut ch, &shuffled_writes(n / 16, 16, 101), 16, &mut |_| {}).iter().all(|s| s.is_ok()));
+    r.remove_member("rr_b").unwrap();
+    let c = mem("rr_c", 16384, 512);
+    r.add_member(c.clone()).unwrap();
+    let mut task = r.rebuild_task();
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while r.status()["rebuild"]["regions_done"].as_u64().unwrap() < 5 {
+        task.poll();
+        assert!(std::time::Instant::now() < end);
+    }
+    // c is swapped for d in the middle of c's rebuild.
+    r.remove_member("rr_c").unwrap();
+    let d = mem("rr_d", 16384, 512);
+    r.add_member(d.clone()).unwrap();
+    settle(&mut task);
+    assert_eq!(member_state(&r, "rr_d"), "in_sync");
+    assert!(members_equal(&a, &d, off, n), "d was rebuilt from the start");
+}
+
+#[test]
+fn raid1_rebuild_rate_limit_is_respected() {
+    let a = mem("rl_a", 16384, 512);
+    let b = mem("rl_b", 16384, 512);
+    let r = make("rl_r", 64, &[&a, &b]);
+    r.remove_member("rl_b").unwrap();
+    r.add_member(mem("rl_c", 16384, 512)).unwrap();
+    r.set_rebuild_rate(1);
+    let mut task = r.rebuild_task();
+    let t0 = std::time::Instant::now();
+    for _ in 0..300 {
+        task.poll();
+    }
+    // The limiter's invariant: at most one piece (1 MiB) ahead of the rate.
+    let allowed = 1.0e6 * t0.elapsed().as_secs_f64() + (1 << 20) as f64 + 64.0 * 1024.0;
+    let copied = r.status()["rebuild"]["bytes_copied"].as_u64().unwrap() as f64;
+    assert!(copied <= allowed, "copied {copied} bytes, allowed {allowed}");
+    assert_eq!(r.status()["rebuild"]["rate_mb_s"], 1);
+    // Lifting the limit lets it finish.
+    r.set_rebuild_rate(0);
+    settle(&mut task);
+    assert_eq!(r.status()["state"], "online");
 }

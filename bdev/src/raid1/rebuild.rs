@@ -52,6 +52,23 @@ struct Job {
     tried: u8,
     to_issue: u8,
     pending: u8,
+    /// Device generation of each role when the job started: a role whose
+    /// device changed since (removed, another added) leaves the job.
+    gens: [u64; MAX_MEMBERS],
+}
+
+impl Job {
+    fn drop_changed(&mut self, sh: &Shared) {
+        for m in 0..MAX_MEMBERS {
+            if sh.roles[m].slot_gen.load(Acquire) != self.gens[m] {
+                let keep = !(1u8 << m);
+                self.full &= keep;
+                self.bm &= keep;
+                self.resync &= keep;
+                self.targets &= keep;
+            }
+        }
+    }
 }
 
 /// The background task of one array. Create it on the thread that will
@@ -189,13 +206,15 @@ impl RebuildTask {
             tried: 0,
             to_issue: 0,
             pending: 0,
+            gens: std::array::from_fn(|m| sh.roles[m].slot_gen.load(Acquire)),
         });
         true
     }
 
     fn finish_job(&mut self) {
         let sh = &self.shared;
-        let Some(job) = self.job.take() else { return };
+        let Some(mut job) = self.job.take() else { return };
+        job.drop_changed(sh);
         for m in 0..MAX_MEMBERS {
             if (job.full | job.bm) & (1 << m) != 0 {
                 let s = sh.state(m);
@@ -255,6 +274,7 @@ impl RebuildTask {
                     if !sh.acquire_excl(r) {
                         return work;
                     }
+                    job.drop_changed(&sh);
                     let mut t = job.full;
                     if sh.dirty(r) {
                         t |= job.bm | job.resync;
