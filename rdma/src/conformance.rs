@@ -16,6 +16,7 @@ use crate::{
     AccessFlags, CmChannel, CmEvent, CmEventKind, CmId, Completion, ConnectOptions, Context, Cq,
     Error, MrBuf, Pd, PortState, PrivateData, Provider, QpCaps, SendWr, Sge, WcOpcode, WcStatus,
     MAX_ACCEPT_PRIVATE_DATA, MAX_CONNECT_PRIVATE_DATA, MAX_REJECT_PRIVATE_DATA, REJECT_CONSUMER,
+    REJECT_NO_LISTENER,
 };
 
 /// Where and how a case runs.
@@ -532,13 +533,18 @@ pub fn connect_no_listener(env: &Env) -> CaseResult {
     let deadline = env.deadline();
     let ev = next_real_event(env, &mut c.chan, deadline, "Rejected/Unreachable")?;
     match ev.kind {
-        CmEventKind::Rejected { .. }
+        CmEventKind::Rejected {
+            reason: REJECT_NO_LISTENER,
+            ..
+        }
         | CmEventKind::Unreachable { .. }
         | CmEventKind::ConnectError { .. } => {
             tracing::debug!(kind = ?ev.kind, elapsed = ?start.elapsed(), "connect to nobody");
             Ok(())
         }
-        k => Err(format!("expected Rejected/Unreachable, got {k:?}")),
+        k => Err(format!(
+            "expected Rejected (reason {REJECT_NO_LISTENER}) or Unreachable, got {k:?}"
+        )),
     }
 }
 

@@ -272,11 +272,13 @@ fn two_threads_stream() {
                 .unwrap()
         };
     }
+    let deadline = Instant::now() + Duration::from_secs(60);
     std::thread::scope(|s| {
         s.spawn(|| {
             let mut got = 0;
             let mut wc = [Completion::EMPTY; 16];
             while got < N {
+                assert!(Instant::now() < deadline, "receiver timed out at {got}");
                 let n = server.cq.poll(&mut wc);
                 for c in &wc[..n] {
                     assert_eq!(c.status, WcStatus::Success);
@@ -293,6 +295,7 @@ fn two_threads_stream() {
             let mut wc = [Completion::EMPTY; 16];
             let (mut posted, mut done) = (0, 0);
             while done < N {
+                assert!(Instant::now() < deadline, "sender timed out at {done}");
                 if posted < N && posted - done < 128 {
                     let wr = SendWr {
                         signaled: posted % 32 == 31 || posted == N - 1,
