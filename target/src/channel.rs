@@ -690,7 +690,7 @@ impl Channel {
         let all_free = self.free.len() == self.ctxs.len();
         let timed_out = self.drain_deadline.is_some_and(|d| Instant::now() >= d);
         let bdev_idle = self.ctxs.iter().all(|c| !c.bdev_busy) && self.luns.iter().all(|l| l.ch.inflight() == 0);
-        if !(all_free || timed_out && bdev_idle) {
+        if !(all_free || (timed_out && bdev_idle)) {
             return;
         }
         if !all_free {
@@ -799,6 +799,7 @@ impl Channel {
         if !c.busy {
             return;
         }
+        self.unqueue(i);
         if let Some(slot) = c.recv {
             self.repost_recv(slot, true);
         }
@@ -1223,8 +1224,6 @@ impl Channel {
                     self.post_pieces(i, &descs, true);
                     if last {
                         self.ctxs[i].done += self.ctxs[i].chunk;
-                        self.ctxs[i].step = Step::RspWait;
-                        self.sq_free += 1; // post_rsp takes its own slot below
                         self.post_rsp(i);
                     } else {
                         self.ctxs[i].step = Step::PushWait;
@@ -1240,7 +1239,6 @@ impl Channel {
                     if !self.take_sq(i, 1) {
                         return;
                     }
-                    self.sq_free += 1;
                     self.post_rsp(i);
                     return;
                 }
@@ -1358,7 +1356,10 @@ impl Channel {
             self.ctxs[i].chunk = n;
             return self.fetched(i);
         }
-        let align = u64::from(c.block_size);
+        let align = match c.job {
+            Job::Unmap { .. } => 1,
+            _ => u64::from(c.block_size),
+        };
         let descs = self.descs(i);
         let max = remaining.min(cap);
         let (covered, _, _, _) = descs.walk(c.cur_idx, c.cur_off, max, MAX_PIECES, |_, _| {});
@@ -1559,11 +1560,7 @@ impl Channel {
                 let DataSrc::Table { count, .. } = c.src else { return };
                 let descs = self.descs(i);
                 let sum: u64 = (0..count).filter_map(|k| descs.get(k)).map(|d| u64::from(d.len)).sum();
-                let need = match c.job {
-                    Job::DataIn => c.total,
-                    _ => c.total,
-                };
-                if sum < need {
+                if sum < c.total {
                     return self.respond_sense(i, INVALID_CMD_IU);
                 }
                 self.ctxs[i].step = Step::WinBuf;
@@ -1580,6 +1577,8 @@ impl Channel {
         }
     }
 
+    /// Posts the response of context `i` (one send-queue slot is reserved
+    /// for it by the caller).
     fn post_rsp(&mut self, i: usize) {
         // Give back the IU's receive buffer first: its credit travels in
         // this very response.
@@ -1587,6 +1586,7 @@ impl Channel {
             self.repost_recv(slot, true);
         }
         if self.state >= ChanState::Disconnected {
+            self.sq_free += 1;
             self.ctxs[i].aborted = true;
             return self.run(i);
         }
@@ -1618,17 +1618,12 @@ impl Channel {
         // SAFETY: send slot `i` belongs to context `i`; its previous SEND
         // completed before the context was freed.
         let buf = unsafe { raw_mut((self.send.addr() as usize + off) as *mut u8, SEND_SLOT) };
-        let n = match rsp.encode(buf) {
-            Ok(n) => n,
-            Err(_) => 0,
-        };
-        let Ok(sge) = self.send.sge(off, n as u32) else { return };
+        // Cannot fail: a response is at most 36 + 4 + 18 bytes.
+        let n = rsp.encode(buf).unwrap_or(SrpRsp::HEADER_SIZE);
+        let sge = Sge { addr: self.send.addr() + off as u64, len: n as u32, lkey: self.send.lkey() };
         self.ctxs[i].rsp_posted = true;
         self.ctxs[i].step = Step::RspWait;
-        self.sq_free -= 1;
-        if !self.post(i, &SendWr::send(wr_ctx(i, c.gen), &[sge])) {
-            // post() accounted for the slot; the context is freed below.
-        }
+        self.post(i, &SendWr::send(wr_ctx(i, c.gen), &[sge]));
         if self.ctxs[i].outstanding == 0 {
             self.free_ctx(i);
         }

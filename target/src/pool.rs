@@ -139,6 +139,7 @@ impl BufPool {
         self.free_pages += run.pages as usize;
     }
 
+    #[cfg(test)]
     pub fn free_bytes(&self) -> usize {
         self.free_pages * PAGE
     }
