@@ -45,11 +45,17 @@ start_server() { # log file
     echo "server did not start:"; cat "$1"; exit 1
 }
 
-stop_server() { # log file; prints the bdev stats line
-    kill -TERM "$server_pid"
-    wait "$server_pid" || { echo "server exited with $?"; cat "$1"; exit 1; }
+stats=
+stop_server() { # log file; sets $stats to the bdev statistics line
+    local rc=0
+    kill -TERM "$server_pid" 2>/dev/null || true
+    # (the restarted server is not our child: wait for it by polling)
+    wait "$server_pid" 2>/dev/null || rc=$?
+    while kill -0 "$server_pid" 2>/dev/null; do sleep 0.1; done
     server_pid=
-    grep '^stats ' "$1"
+    stats=$(grep '^stats ' "$1" || true)
+    echo "host: server stopped: $stats"
+    [ -n "$stats" ] || { echo "server did not stop cleanly (rc $rc)"; tail -20 "$1"; return 1; }
 }
 
 vm() { # mode [extra vhost-user-blk options]
@@ -66,16 +72,14 @@ for mode in $modes; do
     case $mode in
     basic)
         start_server "$work/server.log"
-        if vm basic ""; then
-            stats=$(stop_server "$work/server.log")
-            echo "$stats"
+        if vm basic "" && stop_server "$work/server.log"; then
             if echo "$stats" | grep -q '"num_unmap_ops":[1-9]' && echo "$stats" | grep -q '"num_write_zeroes_ops":[1-9]'; then
                 pass=$((pass + 1))
             else
                 echo "FAIL: discard / write-zeroes did not reach the bdev"; fail=$((fail + 1))
             fi
         else
-            fail=$((fail + 1)); stop_server "$work/server.log" || true; cat "$work/server.log"
+            fail=$((fail + 1)); [ -z "$server_pid" ] || stop_server "$work/server.log" || true; tail -40 "$work/server.log"
         fi
         ;;
     reconnect)
@@ -97,8 +101,8 @@ for mode in $modes; do
         wait $watcher || true
         server_pid=$(cat "$work/server2.pid" 2>/dev/null || true)
         grep -h "resubmitting\|frontend connected\|frontend disconnected" "$work"/server2.log || true
-        if [ $rc = 0 ]; then
-            stop_server "$work/server2.log"; pass=$((pass + 1))
+        if [ $rc = 0 ] && stop_server "$work/server2.log"; then
+            pass=$((pass + 1))
         else
             fail=$((fail + 1)); cat "$work/server1.log" "$work/server2.log" 2>/dev/null | tail -40
         fi
