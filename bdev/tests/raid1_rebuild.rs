@@ -188,6 +188,11 @@ fn raid1_error_bdev_both_members_gone_fails_fast() {
     assert!(st.iter().all(|s| *s == IoStatus::PathError), "{st:?}");
     assert_eq!(r.status()["in_sync"], 1);
     assert_eq!(r.status()["state"], "degraded");
+    // Writes to regions never written before (their bitmap bits must be
+    // written first, and cannot be) fail too.
+    let fresh: Vec<Io> = (0..8).map(|c| Io { io_type: IoType::Write, lba: 2000 + c * 400, blocks: 16, seed: 84 }).collect();
+    let st = run_ios(&mut ch, &fresh, 8, &mut |_| {});
+    assert!(st.iter().all(|s| !s.is_ok()), "{st:?}");
     // With the failed member removed and the last one failing, still no hang.
     let failed = if member_state(&r, "eg_a") == "faulty" { "eg_a" } else { "eg_b" };
     r.remove_member(failed).unwrap();

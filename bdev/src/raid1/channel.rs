@@ -53,6 +53,8 @@ struct Op {
     r_last: u64,
     r_next: u64,
     need_bm: bool,
+    /// `bm_failures` when the op started waiting for the bitmap.
+    bm_mark: u64,
     to_issue: u8,
     pending: u8,
     ok: u8,
@@ -155,6 +157,7 @@ impl Raid1Channel {
                             Err(()) => return Next::Wait,
                         }
                     }
+                    op.bm_mark = sh.bm_failures.load(Acquire);
                     op.phase = Phase::WaitBitmap;
                 }
                 Phase::WaitBitmap => {
@@ -176,6 +179,12 @@ impl Raid1Channel {
                             }
                         }
                         if !all {
+                            // Two bitmap writes that reached no member since
+                            // we set our bits: the second had them.
+                            if sh.bm_failures.load(Acquire) >= op.bm_mark + 2 {
+                                self.release_regions(op);
+                                return Next::Done(IoStatus::MediumError);
+                            }
                             return Next::Wait;
                         }
                         op.need_bm = false;
@@ -468,6 +477,7 @@ impl BdevChannel for Raid1Channel {
             r_last,
             r_next: r_first,
             need_bm: false,
+            bm_mark: 0,
             to_issue: 0,
             pending: 0,
             ok: 0,

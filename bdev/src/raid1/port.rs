@@ -419,6 +419,8 @@ fn finish_bm(shared: &Shared, s: &mut BmSlot) {
     // them (a failed member is out of the array from now on).
     if s.ok & shared.write_targets() != 0 {
         shared.bitmap_written(s.block, s.buf.as_slice());
+    } else {
+        shared.bm_failures.fetch_add(1, AcqRel);
     }
     s.active = false;
     shared.bm_busy[s.block as usize].store(false, Release);

@@ -113,6 +113,9 @@ pub(crate) struct Shared {
     pub job_active: AtomicBool,
     pub rate_mb_s: AtomicU64,
     pub read_repairs: AtomicU64,
+    /// Bitmap writes that reached no member: writes waiting on the bitmap
+    /// give up (no member can take writes any more).
+    pub bm_failures: AtomicU64,
     pub rebuild_error: Mutex<Option<String>>,
 }
 
@@ -154,6 +157,7 @@ impl Shared {
             job_active: AtomicBool::new(false),
             rate_mb_s: AtomicU64::new(0),
             read_repairs: AtomicU64::new(0),
+            bm_failures: AtomicU64::new(0),
             rebuild_error: Mutex::new(None),
         }
     }
