@@ -31,6 +31,9 @@ usage:
                     [--rwmixread PCT] [--time SECS] [--json]
       Drive a bdev from every reactor at a fixed queue depth; report IOPS,
       MB/s and latency percentiles.
+  strata bench vhost --socket PATH [--poll] [--qd N] [--bs BYTES] [--rw randread|randwrite] [--time SECS] [--json]
+      Drive any vhost-user-blk server through libblkio (one client thread;
+      --poll: a polling queue, otherwise event-driven).
 
 The RPC socket defaults to $STRATA_RPC_SOCKET or /var/tmp/strata.sock.
 ";
@@ -223,10 +226,13 @@ fn rpc_cmd(mut p: lexopt::Parser) -> Result<i32, CliError> {
 fn bench_cmd(mut p: lexopt::Parser) -> Result<i32, CliError> {
     let what = match p.next()? {
         Some(Value_(v)) => v.to_string_lossy().into_owned(),
-        _ => return Err(CliError::Usage("bench: expected `bdev`".into())),
+        _ => return Err(CliError::Usage("bench: expected `bdev` or `vhost`".into())),
     };
+    if what == "vhost" {
+        return bench_vhost(p);
+    }
     if what != "bdev" {
-        return Err(CliError::Usage(format!("bench: unknown benchmark `{what}` (bdev)")));
+        return Err(CliError::Usage(format!("bench: unknown benchmark `{what}` (bdev, vhost)")));
     }
     let mut config_path: Option<String> = None;
     let mut bdev_name: Option<String> = None;
@@ -307,6 +313,45 @@ fn bench_cmd(mut p: lexopt::Parser) -> Result<i32, CliError> {
         println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
     } else {
         println!("{}", report.to_text());
+    }
+    Ok(0)
+}
+
+fn bench_vhost(mut p: lexopt::Parser) -> Result<i32, CliError> {
+    let mut params = bench::vhost::Params {
+        socket: String::new(),
+        io_size: 4096,
+        queue_depth: 1,
+        write: false,
+        poll: false,
+        duration: Duration::from_secs(5),
+        warmup: Duration::from_millis(500),
+    };
+    let mut json_out = false;
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("socket") => params.socket = string(&mut p)?,
+            Long("bs") => params.io_size = num(&mut p, "bs")?,
+            Long("qd") => params.queue_depth = num(&mut p, "qd")?,
+            Long("rw") => match string(&mut p)?.as_str() {
+                "randread" => params.write = false,
+                "randwrite" => params.write = true,
+                other => return Err(CliError::Usage(format!("--rw: `{other}` (randread, randwrite)"))),
+            },
+            Long("poll") => params.poll = true,
+            Long("time") => params.duration = Duration::from_secs_f64(num::<f64>(&mut p, "time")?.clamp(0.01, 86400.0)),
+            Long("json") => json_out = true,
+            other => return Err(CliError::Usage(format!("bench vhost: unexpected {}", describe(&other)))),
+        }
+    }
+    if params.socket.is_empty() {
+        return Err(CliError::Usage("bench vhost: --socket PATH is required".into()));
+    }
+    let r = bench::vhost::run(params).map_err(|e| CliError::Fail(e.to_string()))?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+    } else {
+        println!("{}", r.to_text());
     }
     Ok(0)
 }
