@@ -23,6 +23,37 @@
 //! Mixing providers (a loopback PD with a verbs CM id) is refused with
 //! [`Error::WrongDevice`].
 //!
+//! ## Example: a provider-agnostic passive side
+//!
+//! ```no_run
+//! use rdma::{CmChannel, CmEventKind, Completion, Context, Cq, MrBuf, Pd, Provider, QpCaps};
+//!
+//! fn serve(provider: Provider, dev: &str, addr: std::net::SocketAddr) -> rdma::Result<()> {
+//!     let ctx = Context::open(provider, dev)?; // "rxe0" on verbs
+//!     let (pd, mut cq) = (Pd::new(&ctx)?, Cq::new(&ctx, 256)?);
+//!     let mut chan = CmChannel::new(provider)?;
+//!     let _listener = chan.listen(addr, 16)?;
+//!     let buf = MrBuf::new(&pd, 4096)?;
+//!     let mut conns = Vec::new();
+//!     let mut wc = [Completion::EMPTY; 16];
+//!     loop {
+//!         if let Some(ev) = chan.poll_event()? {
+//!             if let CmEventKind::ConnectRequest { mut id, private_data } = ev.kind {
+//!                 id.create_qp(&pd, &cq, &cq, QpCaps::default())?;
+//!                 // SAFETY: `buf` outlives the QP (dropped after `conns`).
+//!                 unsafe { id.post_recv(1, &[buf.sge(0, 4096)?])? };
+//!                 id.accept(&private_data.as_bytes()[..8])?;
+//!                 conns.push(id);
+//!             }
+//!         }
+//!         let n = cq.poll(&mut wc);
+//!         for c in &wc[..n] {
+//!             println!("{:?} {} bytes", c.status, c.byte_len);
+//!         }
+//!     }
+//! }
+//! ```
+//!
 //! ## Ownership
 //!
 //! As in the `ibverbs` crate, children hold an `Arc` of their parents:
