@@ -263,7 +263,7 @@ fn raid1_rpc_helpers_keep_the_registry_in_step() {
         reg.add(mem(n, 8192, 512), "bdev_malloc_create", serde_json::json!({ "name": n })).unwrap();
     }
     let p: raid1::CreateParams =
-        serde_json::from_value(serde_json::json!({"name": "rp_r", "members": ["rp_a", "rp_b"], "bitmap_chunk_kb": 64}))
+        serde_json::from_value(serde_json::json!({"name": "rp_r", "members": ["rp_a", "rp_b"], "bitmap_chunk_kb": 64, "format": true}))
             .unwrap();
     let r = raid1::rpc_create(&reg, &p).unwrap();
     let mp = |m: &str| MemberParams { name: "rp_r".into(), member: m.into() };
@@ -286,6 +286,7 @@ fn raid1_rpc_helpers_keep_the_registry_in_step() {
     let calls = reg.creation_calls();
     let (_, params) = calls.iter().find(|(m, _)| m == "bdev_raid1_create").unwrap();
     assert_eq!(params["members"], serde_json::json!(["rp_a", "rp_c"]));
+    assert!(params.get("format").is_none(), "replay must not format: {params}");
     assert!(raid1::rpc_get_status(&reg, &NameParams { name: "rp_a".into() }).is_err());
     // Deleting the array releases its members; the superblock stays.
     drop(task);

@@ -786,10 +786,12 @@ fn raid(b: &Arc<dyn Bdev>) -> &Raid1Bdev {
 }
 
 fn record_params(reg: &BdevRegistry, r: &Raid1Bdev) {
+    let rate = r.shared.rate_mb_s.load(Relaxed);
     let p = CreateParams {
         name: r.info.name.clone(),
         members: r.member_names(),
         bitmap_chunk_kb: Some(r.shared.layout.chunk_bytes / 1024),
+        rebuild_rate_mb_s: (rate > 0).then_some(rate),
         ..Default::default()
     };
     reg.set_params(&r.info.name, serde_json::to_value(p).unwrap_or(Value::Null));
@@ -810,7 +812,9 @@ pub fn rpc_create(reg: &BdevRegistry, params: &CreateParams) -> Result<Arc<Raid1
         .collect::<Result<Vec<_>, _>>()?;
     let r = create(params, members)?;
     let dynr: Arc<dyn Bdev> = r.clone();
-    reg.add(dynr, "bdev_raid1_create", serde_json::to_value(params).unwrap_or(Value::Null))
+    // Recorded for config replay: replaying must reassemble, never format.
+    let replay = CreateParams { format: false, initial_sync: false, ..params.clone() };
+    reg.add(dynr, "bdev_raid1_create", serde_json::to_value(replay).unwrap_or(Value::Null))
         .map_err(|e| BdevError::param("members", e.to_string()))?;
     Ok(r)
 }
