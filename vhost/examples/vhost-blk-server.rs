@@ -28,14 +28,21 @@ fn usage(msg: &str) -> ! {
 }
 
 fn list(s: &str) -> Vec<usize> {
-    s.split(',').map(|c| c.trim().parse().unwrap_or_else(|_| usage(&format!("bad core list `{s}`")))).collect()
+    s.split(',')
+        .map(|c| {
+            c.trim()
+                .parse()
+                .unwrap_or_else(|_| usage(&format!("bad core list `{s}`")))
+        })
+        .collect()
 }
 
 fn main() {
     reactor::block_termination_signals();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .try_init();
@@ -52,15 +59,28 @@ fn main() {
     let mut reactors = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut val = || args.next().unwrap_or_else(|| usage(&format!("{a} needs a value")));
+        let mut val = || {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{a} needs a value")))
+        };
         match a.as_str() {
             "--socket" => socket = Some(val()),
-            "--malloc-mib" => malloc_mib = Some(val().parse::<u64>().unwrap_or_else(|_| usage("bad --malloc-mib"))),
+            "--malloc-mib" => {
+                malloc_mib = Some(
+                    val()
+                        .parse::<u64>()
+                        .unwrap_or_else(|_| usage("bad --malloc-mib")),
+                )
+            }
             "--file" => file = Some(val()),
             "--name" => name = val(),
             "--bdev-name" => bdev_name = val(),
-            "--block-size" => block_size = val().parse().unwrap_or_else(|_| usage("bad --block-size")),
-            "--num-queues" => num_queues = val().parse().unwrap_or_else(|_| usage("bad --num-queues")),
+            "--block-size" => {
+                block_size = val().parse().unwrap_or_else(|_| usage("bad --block-size"))
+            }
+            "--num-queues" => {
+                num_queues = val().parse().unwrap_or_else(|_| usage("bad --num-queues"))
+            }
             "--readonly" => readonly = true,
             "--cores" => cores = Some(list(&val())),
             "--reactors" => reactors = Some(list(&val())),
@@ -71,18 +91,37 @@ fn main() {
     let bdev: Arc<dyn Bdev> = match (malloc_mib, &file) {
         (Some(mib), None) => {
             let blocks = mib * 1024 * 1024 / block_size as u64;
-            Arc::new(bdev::malloc::create(&bdev_name, blocks, block_size).unwrap_or_else(|e| usage(&e.to_string())))
+            Arc::new(
+                bdev::malloc::create(&bdev_name, blocks, block_size)
+                    .unwrap_or_else(|e| usage(&e.to_string())),
+            )
         }
-        (None, Some(path)) => {
-            Arc::new(bdev::file::create(&bdev_name, path, block_size).unwrap_or_else(|e| usage(&e.to_string())))
-        }
+        (None, Some(path)) => Arc::new(
+            bdev::file::create(&bdev_name, path, block_size)
+                .unwrap_or_else(|e| usage(&e.to_string())),
+        ),
         _ => usage("give exactly one of --malloc-mib and --file"),
     };
-    let reactor_cores = reactors.unwrap_or_else(|| reactor::allowed_cpus().into_iter().take(2).collect());
+    let reactor_cores =
+        reactors.unwrap_or_else(|| reactor::allowed_cpus().into_iter().take(2).collect());
     // Unpinned, sleeping when idle: this runs on shared test machines.
-    let set = ReactorSet::start(&reactor_cores, ReactorOptions { pin: false, idle_sleep_us: 50, ..Default::default() })
-        .unwrap_or_else(|e| usage(&e.to_string()));
-    let params = VhostBlkParams { name, socket: socket.into(), bdev: bdev_name, num_queues, readonly, cores };
+    let set = ReactorSet::start(
+        &reactor_cores,
+        ReactorOptions {
+            pin: false,
+            idle_sleep_us: 50,
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| usage(&e.to_string()));
+    let params = VhostBlkParams {
+        name,
+        socket: socket.into(),
+        bdev: bdev_name,
+        num_queues,
+        readonly,
+        cores,
+    };
     let stats_of = Arc::clone(&bdev);
     let ctrl = match Controller::create(params, bdev, set.handle()) {
         Ok(c) => c,

@@ -92,7 +92,12 @@ impl Iterator for ChainWalker<'_> {
             if d.flags & DESC_F_INDIRECT != 0 {
                 // No nesting, no NEXT together with INDIRECT, a whole number
                 // of descriptors (virtio 1.2 §2.7.5.3.1).
-                if self.indirect || d.flags & DESC_F_NEXT != 0 || d.len == 0 || d.len % 16 != 0 || d.len / 16 > 65536 {
+                if self.indirect
+                    || d.flags & DESC_F_NEXT != 0
+                    || d.len == 0
+                    || d.len % 16 != 0
+                    || d.len / 16 > 65536
+                {
                     return self.fail();
                 }
                 self.table = d.addr;

@@ -42,31 +42,48 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// process that died) is removed; anything else is an error.
 fn claim_socket_path(path: &Path) -> Result<(), VhostError> {
     use std::os::unix::fs::FileTypeExt;
-    let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(()) };
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
     if !meta.file_type().is_socket() {
         return Err(VhostError::SocketExists(path.to_path_buf()));
     }
     match UnixStream::connect(path) {
         Ok(_) => Err(VhostError::SocketInUse(path.to_path_buf())),
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            std::fs::remove_file(path).map_err(|source| VhostError::Bind { path: path.to_path_buf(), source })
-        }
-        Err(source) => Err(VhostError::Bind { path: path.to_path_buf(), source }),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)
+            .map_err(|source| VhostError::Bind {
+                path: path.to_path_buf(),
+                source,
+            }),
+        Err(source) => Err(VhostError::Bind {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
 impl Controller {
     /// Creates a controller serving `bdev` on `params.socket`, with its
     /// queues on `reactors`, and starts listening.
-    pub fn create(params: VhostBlkParams, bdev: Arc<dyn Bdev>, reactors: ReactorHandle) -> Result<Controller, VhostError> {
+    pub fn create(
+        params: VhostBlkParams,
+        bdev: Arc<dyn Bdev>,
+        reactors: ReactorHandle,
+    ) -> Result<Controller, VhostError> {
         if params.name.is_empty() || params.name.len() > 64 {
-            return Err(VhostError::InvalidParam { field: "name", reason: "must be 1 to 64 characters".into() });
+            return Err(VhostError::InvalidParam {
+                field: "name",
+                reason: "must be 1 to 64 characters".into(),
+            });
         }
         if params.num_queues == 0 || params.num_queues as usize > MAX_QUEUES {
             return Err(VhostError::NumQueues(params.num_queues as u32));
         }
         if params.socket.as_os_str().is_empty() {
-            return Err(VhostError::InvalidParam { field: "socket", reason: "must not be empty".into() });
+            return Err(VhostError::InvalidParam {
+                field: "socket",
+                reason: "must not be empty".into(),
+            });
         }
         let reactor_list: Vec<usize> = match &params.cores {
             None => {
@@ -76,28 +93,50 @@ impl Controller {
             }
             Some(cores) => {
                 if cores.is_empty() {
-                    return Err(VhostError::InvalidParam { field: "cores", reason: "must not be empty".into() });
+                    return Err(VhostError::InvalidParam {
+                        field: "cores",
+                        reason: "must not be empty".into(),
+                    });
                 }
                 let mut list = Vec::with_capacity(cores.len());
                 for &c in cores {
                     let Some(idx) = reactors.cores().iter().position(|&rc| rc == c) else {
-                        let have = reactors.cores().iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
-                        return Err(VhostError::UnknownCore { core: c, reactors: have });
+                        let have = reactors
+                            .cores()
+                            .iter()
+                            .map(|c| c.to_string())
+                            .collect::<Vec<_>>()
+                            .join(",");
+                        return Err(VhostError::UnknownCore {
+                            core: c,
+                            reactors: have,
+                        });
                     };
                     if list.contains(&idx) {
-                        return Err(VhostError::InvalidParam { field: "cores", reason: format!("core {c} is listed twice") });
+                        return Err(VhostError::InvalidParam {
+                            field: "cores",
+                            reason: format!("core {c} is listed twice"),
+                        });
                     }
                     list.push(idx);
                 }
                 list
             }
         };
-        let queue_reactor: Vec<usize> =
-            (0..params.num_queues as usize).map(|q| reactor_list[q % reactor_list.len()]).collect();
+        let queue_reactor: Vec<usize> = (0..params.num_queues as usize)
+            .map(|q| reactor_list[q % reactor_list.len()])
+            .collect();
         claim_socket_path(&params.socket)?;
-        let listener = UnixListener::bind(&params.socket)
-            .map_err(|source| VhostError::Bind { path: params.socket.clone(), source })?;
-        listener.set_nonblocking(true).map_err(|source| VhostError::Bind { path: params.socket.clone(), source })?;
+        let listener = UnixListener::bind(&params.socket).map_err(|source| VhostError::Bind {
+            path: params.socket.clone(),
+            source,
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| VhostError::Bind {
+                path: params.socket.clone(),
+                source,
+            })?;
         let limits = Arc::new(Limits::new(bdev.info(), params.readonly, params.num_queues));
         let ctx = Arc::new(DeviceCtx {
             name: params.name.clone(),
@@ -107,7 +146,12 @@ impl Controller {
             queue_reactor,
             running: Mutex::new(vec![None; params.num_queues as usize]),
         });
-        let shared = Arc::new(Shared { ctx, stop: AtomicBool::new(false), conn: Mutex::new(None), connections: AtomicU64::new(0) });
+        let shared = Arc::new(Shared {
+            ctx,
+            stop: AtomicBool::new(false),
+            conn: Mutex::new(None),
+            connections: AtomicU64::new(0),
+        });
         let s2 = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name(format!("vhost-{}", params.name))
@@ -118,7 +162,11 @@ impl Controller {
             })?;
         tracing::info!(ctrlr = %params.name, socket = %params.socket.display(), bdev = %params.bdev,
             num_queues = params.num_queues, readonly = params.readonly, "vhost-user-blk controller created");
-        Ok(Controller { params, shared, thread: Some(thread) })
+        Ok(Controller {
+            params,
+            shared,
+            thread: Some(thread),
+        })
     }
 
     /// The parameters it was created with.
@@ -151,7 +199,11 @@ impl Controller {
                 })
             })
             .collect();
-        let mut qcores: Vec<usize> = ctx.queue_reactor.iter().filter_map(|&r| cores.get(r).copied()).collect();
+        let mut qcores: Vec<usize> = ctx
+            .queue_reactor
+            .iter()
+            .filter_map(|&r| cores.get(r).copied())
+            .collect();
         qcores.dedup();
         json!({
             "ctrlr": self.params.name,
@@ -201,7 +253,9 @@ fn listen(listener: UnixListener, shared: Arc<Shared>) {
                     serve(stream, &shared);
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
             Err(e) => {
                 tracing::warn!(ctrlr = %shared.ctx.name, error = %e, "accept failed");
                 std::thread::sleep(Duration::from_millis(100));

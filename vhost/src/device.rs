@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 use bdev::Bdev;
 use reactor::ReactorHandle;
 use vhost_user::vhost_user::message::{
-    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight, VhostUserLog,
-    VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserSharedMsg,
-    VhostUserSingleMemoryRegion, VhostUserVringAddrFlags, VhostUserVringState,
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
+    VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
+    VhostUserSharedMsg, VhostUserSingleMemoryRegion, VhostUserVringAddrFlags, VhostUserVringState,
 };
-use vhost_user::vhost_user::{Error as VuError, GpuBackend, Result as VuResult, VhostUserBackendReqHandlerMut};
+use vhost_user::vhost_user::{
+    Error as VuError, GpuBackend, Result as VuResult, VhostUserBackendReqHandlerMut,
+};
 use vhost_user::VhostUserMemoryRegionBase;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
@@ -96,7 +98,9 @@ impl DeviceHandler {
     }
 
     fn vring(&mut self, index: u32) -> VuResult<&mut Vring> {
-        self.vrings.get_mut(index as usize).ok_or(VuError::InvalidParam)
+        self.vrings
+            .get_mut(index as usize)
+            .ok_or(VuError::InvalidParam)
     }
 
     fn va_to_gpa(&self, va: u64) -> VuResult<u64> {
@@ -124,19 +128,27 @@ impl DeviceHandler {
         if v.running.is_some() || !v.started || !v.enabled || !v.addr_set {
             return Ok(());
         }
-        let Some(mem) = self.mem.clone() else { return Ok(()) };
+        let Some(mem) = self.mem.clone() else {
+            return Ok(());
+        };
         let mut q = Queue::new(MAX_QUEUE_SIZE).map_err(|e| io_err(e.to_string()))?;
         q.set_size(v.size);
-        q.try_set_desc_table_address(GuestAddress(v.desc)).map_err(|_| VuError::InvalidParam)?;
-        q.try_set_avail_ring_address(GuestAddress(v.avail)).map_err(|_| VuError::InvalidParam)?;
-        q.try_set_used_ring_address(GuestAddress(v.used)).map_err(|_| VuError::InvalidParam)?;
+        q.try_set_desc_table_address(GuestAddress(v.desc))
+            .map_err(|_| VuError::InvalidParam)?;
+        q.try_set_avail_ring_address(GuestAddress(v.avail))
+            .map_err(|_| VuError::InvalidParam)?;
+        q.try_set_used_ring_address(GuestAddress(v.used))
+            .map_err(|_| VuError::InvalidParam)?;
         q.set_event_idx(event_idx);
         q.set_ready(true);
         if !q.is_valid(&*mem) {
             tracing::warn!(ctrlr = %self.ctx.name, queue = i, "vring is not inside guest memory; not started");
             return Err(VuError::InvalidParam);
         }
-        let used_idx = q.used_idx(&*mem, std::sync::atomic::Ordering::Acquire).map_err(|_| VuError::InvalidParam)?.0;
+        let used_idx = q
+            .used_idx(&*mem, std::sync::atomic::Ordering::Acquire)
+            .map_err(|_| VuError::InvalidParam)?
+            .0;
         let mut resubmit = Vec::new();
         let mut counter = 1;
         let mut next_avail = v.base;
@@ -176,11 +188,19 @@ impl DeviceHandler {
         let started = self
             .ctx
             .reactors
-            .call(reactor, move || Worker::start_on_reactor(setup).map_err(|e| e.to_string()))
+            .call(reactor, move || {
+                Worker::start_on_reactor(setup).map_err(|e| e.to_string())
+            })
             .map_err(|e| io_err(e.to_string()))?;
         started.map_err(io_err)?;
         self.vrings[i].running = Some(Arc::clone(&ctl));
-        if let Some(slot) = self.ctx.running.lock().unwrap_or_else(|e| e.into_inner()).get_mut(i) {
+        if let Some(slot) = self
+            .ctx
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(i)
+        {
             *slot = Some(ctl);
         }
         Ok(())
@@ -189,8 +209,16 @@ impl DeviceHandler {
     /// Stops queue `i` (completing what it has in flight); its base becomes
     /// where it stopped.
     fn stop(&mut self, i: usize) {
-        let Some(ctl) = self.vrings[i].running.take() else { return };
-        if let Some(slot) = self.ctx.running.lock().unwrap_or_else(|e| e.into_inner()).get_mut(i) {
+        let Some(ctl) = self.vrings[i].running.take() else {
+            return;
+        };
+        if let Some(slot) = self
+            .ctx
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(i)
+        {
             *slot = None;
         }
         let deadline = Instant::now() + DRAIN_TIMEOUT;
@@ -226,8 +254,11 @@ impl DeviceHandler {
     /// Publishes the current memory table to running queues.
     fn publish_mem(&mut self) -> VuResult<()> {
         self.regions.sort_by_key(|r| r.gpa);
-        let regions: Vec<Arc<GuestRegionMmap>> = self.regions.iter().map(|r| Arc::clone(&r.mmap)).collect();
-        let mem = Arc::new(GuestMemoryMmap::from_arc_regions(regions).map_err(|e| io_err(e.to_string()))?);
+        let regions: Vec<Arc<GuestRegionMmap>> =
+            self.regions.iter().map(|r| Arc::clone(&r.mmap)).collect();
+        let mem = Arc::new(
+            GuestMemoryMmap::from_arc_regions(regions).map_err(|e| io_err(e.to_string()))?,
+        );
         for v in &self.vrings {
             if let Some(ctl) = &v.running {
                 if !ctl.set_mem(Arc::clone(&mem)) {
@@ -247,8 +278,14 @@ impl DeviceHandler {
             let (gpa, size, offset) = ({ r.guest_phys_addr }, { r.memory_size }, { r.mmap_offset });
             tracing::warn!(gpa, size, offset, error = %e, "cannot map a memory region")
         })?;
-        let region = GuestRegionMmap::new(mmap, GuestAddress(r.guest_phys_addr)).ok_or(VuError::InvalidParam)?;
-        Ok(Region { gpa: r.guest_phys_addr, size: r.memory_size, user_addr: r.user_addr, mmap: Arc::new(region) })
+        let region = GuestRegionMmap::new(mmap, GuestAddress(r.guest_phys_addr))
+            .ok_or(VuError::InvalidParam)?;
+        Ok(Region {
+            gpa: r.guest_phys_addr,
+            size: r.memory_size,
+            user_addr: r.user_addr,
+            mmap: Arc::new(region),
+        })
     }
 }
 
@@ -314,7 +351,8 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
 
     fn set_vring_num(&mut self, index: u32, num: u32) -> VuResult<()> {
         let v = self.vring(index)?;
-        if v.running.is_some() || num == 0 || num > MAX_QUEUE_SIZE as u32 || !num.is_power_of_two() {
+        if v.running.is_some() || num == 0 || num > MAX_QUEUE_SIZE as u32 || !num.is_power_of_two()
+        {
             return Err(VuError::InvalidParam);
         }
         v.size = num as u16;
@@ -330,7 +368,11 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
         available: u64,
         _log: u64,
     ) -> VuResult<()> {
-        let (d, u, a) = (self.va_to_gpa(descriptor)?, self.va_to_gpa(used)?, self.va_to_gpa(available)?);
+        let (d, u, a) = (
+            self.va_to_gpa(descriptor)?,
+            self.va_to_gpa(used)?,
+            self.va_to_gpa(available)?,
+        );
         let v = self.vring(index)?;
         if v.running.is_some() {
             return Err(VuError::InvalidOperation("vring is running"));
@@ -418,16 +460,28 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
         }
     }
 
-    fn get_config(&mut self, offset: u32, size: u32, _flags: VhostUserConfigFlags) -> VuResult<Vec<u8>> {
+    fn get_config(
+        &mut self,
+        offset: u32,
+        size: u32,
+        _flags: VhostUserConfigFlags,
+    ) -> VuResult<Vec<u8>> {
         let space = self.ctx.limits.config_space();
         let mut out = vec![0u8; size as usize];
         let start = (offset as usize).min(space.len());
-        let end = (offset as usize).saturating_add(size as usize).min(space.len());
+        let end = (offset as usize)
+            .saturating_add(size as usize)
+            .min(space.len());
         out[..end - start].copy_from_slice(&space[start..end]);
         Ok(out)
     }
 
-    fn set_config(&mut self, _offset: u32, _buf: &[u8], _flags: VhostUserConfigFlags) -> VuResult<()> {
+    fn set_config(
+        &mut self,
+        _offset: u32,
+        _buf: &[u8],
+        _flags: VhostUserConfigFlags,
+    ) -> VuResult<()> {
         // Nothing in our config space is writable (no CONFIG_WCE).
         Ok(())
     }
@@ -441,10 +495,15 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
     }
 
     fn get_inflight_fd(&mut self, msg: &VhostUserInflight) -> VuResult<(VhostUserInflight, File)> {
-        if msg.num_queues == 0 || msg.num_queues > 256 || msg.queue_size == 0 || msg.queue_size > MAX_QUEUE_SIZE {
+        if msg.num_queues == 0
+            || msg.num_queues > 256
+            || msg.queue_size == 0
+            || msg.queue_size > MAX_QUEUE_SIZE
+        {
             return Err(VuError::InvalidParam);
         }
-        let r = InflightRegion::create(msg.num_queues, msg.queue_size).map_err(VuError::ReqHandlerError)?;
+        let r = InflightRegion::create(msg.num_queues, msg.queue_size)
+            .map_err(VuError::ReqHandlerError)?;
         let file = r.file().try_clone().map_err(VuError::ReqHandlerError)?;
         let reply = VhostUserInflight::new(r.size() as u64, 0, r.num_queues(), r.queue_size());
         self.inflight = Some(Arc::new(r));
@@ -477,7 +536,11 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
         }
         let (gpa, size) = ({ region.guest_phys_addr }, { region.memory_size });
         let end = gpa.checked_add(size).ok_or(VuError::InvalidParam)?;
-        if self.regions.iter().any(|r| gpa < r.gpa + r.size && r.gpa < end) {
+        if self
+            .regions
+            .iter()
+            .any(|r| gpa < r.gpa + r.size && r.gpa < end)
+        {
             return Err(VuError::InvalidParam);
         }
         let r = Self::map_region(region, fd)?;
@@ -491,8 +554,10 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
     }
 
     fn remove_mem_region(&mut self, region: &VhostUserSingleMemoryRegion) -> VuResult<()> {
-        let Some(pos) =
-            self.regions.iter().position(|r| r.gpa == region.guest_phys_addr && r.size == region.memory_size)
+        let Some(pos) = self
+            .regions
+            .iter()
+            .position(|r| r.gpa == region.guest_phys_addr && r.size == region.memory_size)
         else {
             return Err(VuError::InvalidParam);
         };

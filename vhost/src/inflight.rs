@@ -51,11 +51,15 @@ impl InflightRegion {
     /// A new zeroed area for `num_queues` queues of `queue_size` (memfd).
     pub fn create(num_queues: u16, queue_size: u16) -> std::io::Result<InflightRegion> {
         if num_queues == 0 || queue_size == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty in-flight area"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "empty in-flight area",
+            ));
         }
         let size = num_queues as usize * queue_region_size(queue_size);
         // SAFETY: the name is a NUL-terminated literal; flags are valid.
-        let fd = unsafe { libc::memfd_create(c"strata-vhost-inflight".as_ptr(), libc::MFD_CLOEXEC) };
+        let fd =
+            unsafe { libc::memfd_create(c"strata-vhost-inflight".as_ptr(), libc::MFD_CLOEXEC) };
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -72,12 +76,24 @@ impl InflightRegion {
     }
 
     /// Maps an area handed over by the frontend.
-    pub fn map(file: File, offset: u64, size: usize, num_queues: u16, queue_size: u16) -> std::io::Result<InflightRegion> {
+    pub fn map(
+        file: File,
+        offset: u64,
+        size: usize,
+        num_queues: u16,
+        queue_size: u16,
+    ) -> std::io::Result<InflightRegion> {
         if size < num_queues as usize * queue_region_size(queue_size) || size == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "in-flight area too small"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "in-flight area too small",
+            ));
         }
         let Ok(off) = libc::off_t::try_from(offset) else {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "in-flight offset too large"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "in-flight offset too large",
+            ));
         };
         // SAFETY: a fresh shared mapping of a file we own; the kernel checks
         // the offset and length. It is unmapped once, in Drop.
@@ -94,7 +110,13 @@ impl InflightRegion {
         if ptr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(InflightRegion { ptr: ptr.cast(), size, file, num_queues, queue_size })
+        Ok(InflightRegion {
+            ptr: ptr.cast(),
+            size,
+            file,
+            num_queues,
+            queue_size,
+        })
     }
 
     /// The file (to send to the frontend).
@@ -127,7 +149,10 @@ impl InflightRegion {
         // SAFETY: `off + queue_region_size(queue_size)` is within the
         // mapping (checked in `map`).
         let base = unsafe { self.ptr.add(off) };
-        Some(InflightQueue { base, desc_num: ring_size })
+        Some(InflightQueue {
+            base,
+            desc_num: ring_size,
+        })
     }
 }
 
@@ -168,7 +193,8 @@ impl InflightQueue {
     pub fn init(&self) {
         for i in 0..self.desc_num as usize {
             self.u8_at(HEADER + i * DESC).store(0, Ordering::Relaxed);
-            self.u64_at(HEADER + i * DESC + 8).store(0, Ordering::Relaxed);
+            self.u64_at(HEADER + i * DESC + 8)
+                .store(0, Ordering::Relaxed);
         }
         self.u64_at(0).store(0, Ordering::Relaxed);
         self.u16_at(10).store(self.desc_num, Ordering::Relaxed);
@@ -183,7 +209,9 @@ impl InflightQueue {
     /// ring's current `used->idx`.
     pub fn recover(&self, used_idx: u16, out: &mut Vec<u16>) -> u64 {
         out.clear();
-        if self.u16_at(8).load(Ordering::Acquire) != VERSION || self.u16_at(10).load(Ordering::Relaxed) != self.desc_num {
+        if self.u16_at(8).load(Ordering::Acquire) != VERSION
+            || self.u16_at(10).load(Ordering::Relaxed) != self.desc_num
+        {
             self.init();
             self.u16_at(14).store(used_idx, Ordering::Release);
             return 1;
@@ -191,7 +219,8 @@ impl InflightQueue {
         if self.u16_at(14).load(Ordering::Acquire) != used_idx {
             let last = self.u16_at(12).load(Ordering::Relaxed);
             if last < self.desc_num {
-                self.u8_at(HEADER + last as usize * DESC).store(0, Ordering::Release);
+                self.u8_at(HEADER + last as usize * DESC)
+                    .store(0, Ordering::Release);
             }
             self.u16_at(14).store(used_idx, Ordering::Release);
         }
@@ -227,7 +256,8 @@ impl InflightQueue {
     /// After publishing `head`; `used_idx` is the new `used->idx`.
     #[inline]
     pub fn completed(&self, head: u16, used_idx: u16) {
-        self.u8_at(HEADER + head as usize * DESC).store(0, Ordering::Release);
+        self.u8_at(HEADER + head as usize * DESC)
+            .store(0, Ordering::Release);
         self.u16_at(14).store(used_idx, Ordering::Release);
     }
 }

@@ -8,7 +8,10 @@
 //! status goes to its first byte).
 
 use bdev::{IoType, IoVec};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    MemoryRegionAddress,
+};
 
 use crate::chain::{ChainWalker, Desc};
 use crate::virtio::*;
@@ -17,7 +20,13 @@ use crate::virtio::*;
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Plan {
     /// Submit one read or write; the iovecs are `Scratch::iovs[..niov]`.
-    Data { io_type: IoType, offset_blocks: u64, num_blocks: u64, niov: usize, bytes: u32 },
+    Data {
+        io_type: IoType,
+        offset_blocks: u64,
+        num_blocks: u64,
+        niov: usize,
+        bytes: u32,
+    },
     /// Submit a flush.
     Flush,
     /// Submit one unmap or write-zeroes per `Scratch::ranges[..n]`.
@@ -50,7 +59,14 @@ impl Scratch {
         let nranges = l.max_discard_seg.max(l.max_write_zeroes_seg) as usize;
         Scratch {
             descs: vec![Desc::default(); ndesc].into_boxed_slice(),
-            iovs: vec![IoVec { base: std::ptr::null_mut(), len: 0 }; l.max_iovs].into_boxed_slice(),
+            iovs: vec![
+                IoVec {
+                    base: std::ptr::null_mut(),
+                    len: 0
+                };
+                l.max_iovs
+            ]
+            .into_boxed_slice(),
             ranges: vec![(0, 0); nranges.max(1)].into_boxed_slice(),
         }
     }
@@ -59,20 +75,35 @@ impl Scratch {
 /// Appends host iovecs for guest range `[addr, addr + len)` to `out[*n..]`,
 /// splitting at memory-region boundaries. False if any byte is outside
 /// guest memory or `out` is full.
-pub(crate) fn translate(mem: &GuestMemoryMmap, addr: u64, len: u64, out: &mut [IoVec], n: &mut usize) -> bool {
+pub(crate) fn translate(
+    mem: &GuestMemoryMmap,
+    addr: u64,
+    len: u64,
+    out: &mut [IoVec],
+    n: &mut usize,
+) -> bool {
     let mut addr = addr;
     let mut left = len;
     while left > 0 {
-        let Some(region) = mem.find_region(GuestAddress(addr)) else { return false };
+        let Some(region) = mem.find_region(GuestAddress(addr)) else {
+            return false;
+        };
         let off = addr - region.start_addr().0;
         let take = left.min(region.len() - off);
-        let Ok(ptr) = region.get_host_address(MemoryRegionAddress(off)) else { return false };
+        let Ok(ptr) = region.get_host_address(MemoryRegionAddress(off)) else {
+            return false;
+        };
         if *n >= out.len() {
             return false;
         }
-        out[*n] = IoVec { base: ptr, len: take as usize };
+        out[*n] = IoVec {
+            base: ptr,
+            len: take as usize,
+        };
         *n += 1;
-        let Some(next) = addr.checked_add(take) else { return take == left };
+        let Some(next) = addr.checked_add(take) else {
+            return take == left;
+        };
         addr = next;
         left -= take;
     }
@@ -81,14 +112,28 @@ pub(crate) fn translate(mem: &GuestMemoryMmap, addr: u64, len: u64, out: &mut [I
 
 /// Host address of the one guest byte at `addr`.
 fn host_byte(mem: &GuestMemoryMmap, addr: u64) -> Option<*mut u8> {
-    let mut v = [IoVec { base: std::ptr::null_mut(), len: 0 }];
+    let mut v = [IoVec {
+        base: std::ptr::null_mut(),
+        len: 0,
+    }];
     let mut n = 0;
     translate(mem, addr, 1, &mut v, &mut n).then_some(v[0].base)
 }
 
 /// Parses the chain walked by `walker`.
-pub(crate) fn parse(mem: &GuestMemoryMmap, mut walker: ChainWalker<'_>, l: &Limits, s: &mut Scratch) -> Parsed {
-    let no_status = Parsed { status: std::ptr::null_mut(), plan: Plan::Done { status: S_IOERR, written: 0 } };
+pub(crate) fn parse(
+    mem: &GuestMemoryMmap,
+    mut walker: ChainWalker<'_>,
+    l: &Limits,
+    s: &mut Scratch,
+) -> Parsed {
+    let no_status = Parsed {
+        status: std::ptr::null_mut(),
+        plan: Plan::Done {
+            status: S_IOERR,
+            written: 0,
+        },
+    };
     // Collect the chain; remember the last descriptor even past capacity.
     let mut n = 0;
     let mut overflow = false;
@@ -110,8 +155,16 @@ pub(crate) fn parse(mem: &GuestMemoryMmap, mut walker: ChainWalker<'_>, l: &Limi
     if !last.writable() || last.len == 0 {
         return no_status;
     }
-    let Some(status) = host_byte(mem, last.addr) else { return no_status };
-    let fail = |st: u8| Parsed { status, plan: Plan::Done { status: st, written: 0 } };
+    let Some(status) = host_byte(mem, last.addr) else {
+        return no_status;
+    };
+    let fail = |st: u8| Parsed {
+        status,
+        plan: Plan::Done {
+            status: st,
+            written: 0,
+        },
+    };
     if overflow {
         return fail(S_IOERR);
     }
@@ -122,7 +175,9 @@ pub(crate) fn parse(mem: &GuestMemoryMmap, mut walker: ChainWalker<'_>, l: &Limi
     if hdr.writable() || hdr.len != HEADER_BYTES {
         return fail(S_IOERR);
     }
-    let Ok(raw) = mem.read_obj::<[u8; 16]>(GuestAddress(hdr.addr)) else { return fail(S_IOERR) };
+    let Ok(raw) = mem.read_obj::<[u8; 16]>(GuestAddress(hdr.addr)) else {
+        return fail(S_IOERR);
+    };
     let rtype = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
     let sector = u64::from_le_bytes(raw[8..16].try_into().unwrap_or_default());
     let data = 1..n - 1;
@@ -130,14 +185,22 @@ pub(crate) fn parse(mem: &GuestMemoryMmap, mut walker: ChainWalker<'_>, l: &Limi
         T_IN | T_OUT => data_plan(mem, rtype == T_IN, sector, &s.descs[data], l, &mut s.iovs),
         T_FLUSH => Plan::Flush,
         T_GET_ID => get_id(mem, &s.descs[data], l),
-        T_DISCARD | T_WRITE_ZEROES => ranges_plan(mem, rtype == T_DISCARD, &s.descs[data], l, &mut s.ranges),
-        _ => Plan::Done { status: S_UNSUPP, written: 0 },
+        T_DISCARD | T_WRITE_ZEROES => {
+            ranges_plan(mem, rtype == T_DISCARD, &s.descs[data], l, &mut s.ranges)
+        }
+        _ => Plan::Done {
+            status: S_UNSUPP,
+            written: 0,
+        },
     };
     Parsed { status, plan }
 }
 
 fn ioerr() -> Plan {
-    Plan::Done { status: S_IOERR, written: 0 }
+    Plan::Done {
+        status: S_IOERR,
+        written: 0,
+    }
 }
 
 /// Converts a 512-byte sector range to blocks; `None` if misaligned or
@@ -152,7 +215,14 @@ fn to_blocks(l: &Limits, sector: u64, bytes: u64) -> Option<(u64, u64)> {
     (offset.checked_add(num)? <= l.num_blocks).then_some((offset, num))
 }
 
-fn data_plan(mem: &GuestMemoryMmap, read: bool, sector: u64, data: &[Desc], l: &Limits, iovs: &mut [IoVec]) -> Plan {
+fn data_plan(
+    mem: &GuestMemoryMmap,
+    read: bool,
+    sector: u64,
+    data: &[Desc],
+    l: &Limits,
+    iovs: &mut [IoVec],
+) -> Plan {
     if !read && l.readonly {
         return ioerr();
     }
@@ -174,9 +244,17 @@ fn data_plan(mem: &GuestMemoryMmap, read: bool, sector: u64, data: &[Desc], l: &
         }
         bytes += d.len as u64;
     }
-    let Some((offset_blocks, num_blocks)) = to_blocks(l, sector, bytes) else { return ioerr() };
+    let Some((offset_blocks, num_blocks)) = to_blocks(l, sector, bytes) else {
+        return ioerr();
+    };
     let io_type = if read { IoType::Read } else { IoType::Write };
-    Plan::Data { io_type, offset_blocks, num_blocks, niov, bytes: bytes as u32 }
+    Plan::Data {
+        io_type,
+        offset_blocks,
+        num_blocks,
+        niov,
+        bytes: bytes as u32,
+    }
 }
 
 fn get_id(mem: &GuestMemoryMmap, data: &[Desc], l: &Limits) -> Plan {
@@ -189,7 +267,10 @@ fn get_id(mem: &GuestMemoryMmap, data: &[Desc], l: &Limits) -> Plan {
         if take == 0 {
             continue;
         }
-        if mem.write_slice(&l.serial[written..written + take], GuestAddress(d.addr)).is_err() {
+        if mem
+            .write_slice(&l.serial[written..written + take], GuestAddress(d.addr))
+            .is_err()
+        {
             return ioerr();
         }
         written += take;
@@ -197,20 +278,36 @@ fn get_id(mem: &GuestMemoryMmap, data: &[Desc], l: &Limits) -> Plan {
     if data.is_empty() {
         return ioerr();
     }
-    Plan::Done { status: S_OK, written: written as u32 }
+    Plan::Done {
+        status: S_OK,
+        written: written as u32,
+    }
 }
 
-fn ranges_plan(mem: &GuestMemoryMmap, discard: bool, data: &[Desc], l: &Limits, out: &mut [(u64, u64)]) -> Plan {
+fn ranges_plan(
+    mem: &GuestMemoryMmap,
+    discard: bool,
+    data: &[Desc],
+    l: &Limits,
+    out: &mut [(u64, u64)],
+) -> Plan {
     let (supported, max_sectors, max_seg) = if discard {
         (l.discard, l.max_discard_sectors, l.max_discard_seg)
     } else {
-        (l.write_zeroes, l.max_write_zeroes_sectors, l.max_write_zeroes_seg)
+        (
+            l.write_zeroes,
+            l.max_write_zeroes_sectors,
+            l.max_write_zeroes_seg,
+        )
     };
     if l.readonly {
         return ioerr();
     }
     if !supported {
-        return Plan::Done { status: S_UNSUPP, written: 0 };
+        return Plan::Done {
+            status: S_UNSUPP,
+            written: 0,
+        };
     }
     let mut n = 0;
     if data.is_empty() {
@@ -221,20 +318,29 @@ fn ranges_plan(mem: &GuestMemoryMmap, discard: bool, data: &[Desc], l: &Limits, 
             return ioerr();
         }
         for k in 0..(d.len / SEGMENT_BYTES) as u64 {
-            let Some(at) = d.addr.checked_add(k * SEGMENT_BYTES as u64) else { return ioerr() };
-            let Ok(seg) = mem.read_obj::<[u8; 16]>(GuestAddress(at)) else { return ioerr() };
+            let Some(at) = d.addr.checked_add(k * SEGMENT_BYTES as u64) else {
+                return ioerr();
+            };
+            let Ok(seg) = mem.read_obj::<[u8; 16]>(GuestAddress(at)) else {
+                return ioerr();
+            };
             let sector = u64::from_le_bytes(seg[0..8].try_into().unwrap_or_default());
             let num = u32::from_le_bytes([seg[8], seg[9], seg[10], seg[11]]);
             let flags = u32::from_le_bytes([seg[12], seg[13], seg[14], seg[15]]);
             // Unknown flags, or UNMAP on a discard: UNSUPP (virtio 1.2 §5.2.6.2).
             let allowed = if discard { 0 } else { WZ_FLAG_UNMAP };
             if flags & !allowed != 0 {
-                return Plan::Done { status: S_UNSUPP, written: 0 };
+                return Plan::Done {
+                    status: S_UNSUPP,
+                    written: 0,
+                };
             }
             if n >= max_seg as usize || n >= out.len() || num > max_sectors {
                 return ioerr();
             }
-            let Some(range) = to_blocks(l, sector, num as u64 * SECTOR) else { return ioerr() };
+            let Some(range) = to_blocks(l, sector, num as u64 * SECTOR) else {
+                return ioerr();
+            };
             out[n] = range;
             n += 1;
         }
@@ -242,6 +348,10 @@ fn ranges_plan(mem: &GuestMemoryMmap, discard: bool, data: &[Desc], l: &Limits, 
     if n == 0 {
         return ioerr();
     }
-    let io_type = if discard { IoType::Unmap } else { IoType::WriteZeroes };
+    let io_type = if discard {
+        IoType::Unmap
+    } else {
+        IoType::WriteZeroes
+    };
     Plan::Ranges { io_type, n }
 }

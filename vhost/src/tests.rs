@@ -55,7 +55,8 @@ fn memory() -> Arc<GuestMemoryMmap> {
 
 fn harness(block_size: u32, readonly: bool) -> H {
     let mem = memory();
-    let bdev: Arc<dyn Bdev> = Arc::new(bdev::malloc::create("m0", 0x10_0000 / block_size as u64, block_size).unwrap());
+    let bdev: Arc<dyn Bdev> =
+        Arc::new(bdev::malloc::create("m0", 0x10_0000 / block_size as u64, block_size).unwrap());
     let mock = MockSplitQueue::new(&*mem, QSIZE);
     let q: Queue = mock.create_queue().unwrap();
     let limits = Arc::new(Limits::new(bdev.info(), readonly, 1));
@@ -71,10 +72,24 @@ fn harness(block_size: u32, readonly: bool) -> H {
         resubmit: Vec::new(),
         counter: 1,
     };
-    let (desc_table, avail_ring, used_ring) = (mock.desc_table_addr().0, mock.avail_addr().0, mock.used_addr().0);
+    let (desc_table, avail_ring, used_ring) = (
+        mock.desc_table_addr().0,
+        mock.avail_addr().0,
+        mock.used_addr().0,
+    );
     drop(mock);
     let worker = Worker::new(setup, None).unwrap();
-    H { mem, worker, ctl, avail: 0, next_desc: 0, desc_table, avail_ring, used_ring, bdev }
+    H {
+        mem,
+        worker,
+        ctl,
+        avail: 0,
+        next_desc: 0,
+        desc_table,
+        avail_ring,
+        used_ring,
+        bdev,
+    }
 }
 
 fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
@@ -83,13 +98,18 @@ fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
 
 impl H {
     fn store_desc(&self, i: u16, d: RawDescriptor) {
-        self.mem.write_obj(d, GuestAddress(self.desc_table + 16 * i as u64)).unwrap();
+        self.mem
+            .write_obj(d, GuestAddress(self.desc_table + 16 * i as u64))
+            .unwrap();
     }
 
     /// The used element at ring position `pos`: (id, len).
     fn used_elem(&self, pos: u16) -> (u32, u32) {
         let at = self.used_ring + 4 + 8 * (pos % QSIZE) as u64;
-        (self.mem.read_obj::<u32>(GuestAddress(at)).unwrap(), self.mem.read_obj::<u32>(GuestAddress(at + 4)).unwrap())
+        (
+            self.mem.read_obj::<u32>(GuestAddress(at)).unwrap(),
+            self.mem.read_obj::<u32>(GuestAddress(at + 4)).unwrap(),
+        )
     }
 
     /// Writes raw descriptors at the next free table slots (flags as
@@ -111,7 +131,9 @@ impl H {
         let at = self.avail_ring + 4 + 2 * (self.avail % QSIZE) as u64;
         self.mem.write_obj(head, GuestAddress(at)).unwrap();
         self.avail = self.avail.wrapping_add(1);
-        self.mem.write_obj(self.avail, GuestAddress(self.avail_ring + 2)).unwrap();
+        self.mem
+            .write_obj(self.avail, GuestAddress(self.avail_ring + 2))
+            .unwrap();
     }
 
     fn used_idx(&self) -> u16 {
@@ -131,7 +153,11 @@ impl H {
                 break;
             }
         }
-        assert_eq!(self.used_idx(), used.wrapping_add(1), "request was not completed");
+        assert_eq!(
+            self.used_idx(),
+            used.wrapping_add(1),
+            "request was not completed"
+        );
         let (id, len) = self.used_elem(used);
         assert_eq!(id, head as u32);
         assert_eq!(self.worker.inflight(), 0);
@@ -146,7 +172,9 @@ impl H {
     }
 
     fn fill(&self, addr: u64, len: usize, byte: u8) {
-        self.mem.write_slice(&vec![byte; len], GuestAddress(addr)).unwrap();
+        self.mem
+            .write_slice(&vec![byte; len], GuestAddress(addr))
+            .unwrap();
     }
 
     fn bytes(&self, addr: u64, len: usize) -> Vec<u8> {
@@ -186,7 +214,9 @@ fn write_then_read_back_across_a_region_boundary() {
     // 2 KiB straddling the R2/R3 boundary: one descriptor, two iovecs.
     let src = R3 - 1024;
     for k in 0..2048u64 {
-        h.mem.write_obj((k * 7 % 251) as u8, GuestAddress(src + k)).unwrap();
+        h.mem
+            .write_obj((k * 7 % 251) as u8, GuestAddress(src + k))
+            .unwrap();
     }
     assert_eq!(h.write(10, src, 2048), OK);
     let dst = R3 + 0x8000;
@@ -196,7 +226,13 @@ fn write_then_read_back_across_a_region_boundary() {
     // Several data descriptors (vectored).
     h.header(T_IN, 10);
     h.fill(dst, 2048, 0);
-    let r = h.run(&[(HDR, 16, R), (dst, 512, W), (dst + 512, 1024, W), (dst + 1536, 512, W), (STATUS, 1, W)]);
+    let r = h.run(&[
+        (HDR, 16, R),
+        (dst, 512, W),
+        (dst + 512, 1024, W),
+        (dst + 1536, 512, W),
+        (STATUS, 1, W),
+    ]);
     assert_eq!(r, (2049, S_OK));
     assert_eq!(h.bytes(dst, 2048), h.bytes(src, 2048));
     assert_eq!(h.ctl.requests.load(std::sync::atomic::Ordering::Relaxed), 3);
@@ -206,11 +242,27 @@ fn write_then_read_back_across_a_region_boundary() {
 fn header_must_be_sixteen_readable_bytes() {
     let mut h = harness(512, false);
     h.header(T_IN, 0);
-    assert_eq!(h.run(&[(HDR, 8, R), (DATA, 512, W), (STATUS, 1, W)]), IOERR, "short header");
-    assert_eq!(h.run(&[(HDR, 32, R), (DATA, 512, W), (STATUS, 1, W)]), IOERR, "long header");
-    assert_eq!(h.run(&[(HDR, 16, W), (DATA, 512, W), (STATUS, 1, W)]), IOERR, "writable header");
+    assert_eq!(
+        h.run(&[(HDR, 8, R), (DATA, 512, W), (STATUS, 1, W)]),
+        IOERR,
+        "short header"
+    );
+    assert_eq!(
+        h.run(&[(HDR, 32, R), (DATA, 512, W), (STATUS, 1, W)]),
+        IOERR,
+        "long header"
+    );
+    assert_eq!(
+        h.run(&[(HDR, 16, W), (DATA, 512, W), (STATUS, 1, W)]),
+        IOERR,
+        "writable header"
+    );
     assert_eq!(h.run(&[(STATUS, 1, W)]), IOERR, "no header at all");
-    assert_eq!(h.run(&[(HOLE, 16, R), (DATA, 512, W), (STATUS, 1, W)]), IOERR, "header outside memory");
+    assert_eq!(
+        h.run(&[(HOLE, 16, R), (DATA, 512, W), (STATUS, 1, W)]),
+        IOERR,
+        "header outside memory"
+    );
 }
 
 #[test]
@@ -218,8 +270,16 @@ fn descriptors_outside_guest_memory_are_refused() {
     let mut h = harness(512, false);
     assert_eq!(h.read(0, HOLE, 512), IOERR, "in the hole");
     assert_eq!(h.read(0, HOLE - 256, 512), IOERR, "running into the hole");
-    assert_eq!(h.read(0, u64::MAX - 100, 512), IOERR, "wrapping the address space");
-    assert_eq!(h.write(0, 0x50_0000 + 0x800, 4096), IOERR, "past the end of memory");
+    assert_eq!(
+        h.read(0, u64::MAX - 100, 512),
+        IOERR,
+        "wrapping the address space"
+    );
+    assert_eq!(
+        h.write(0, 0x50_0000 + 0x800, 4096),
+        IOERR,
+        "past the end of memory"
+    );
 }
 
 #[test]
@@ -229,12 +289,28 @@ fn status_descriptor_problems_report_nothing() {
     // Without a status descriptor the last writable buffer is all the
     // device can take for one: its first byte gets the status.
     h.fill(DATA, 512, 0xee);
-    assert_eq!(h.run(&[(HDR, 16, R), (DATA, 512, W)]), (1, 0xff), "no status descriptor");
+    assert_eq!(
+        h.run(&[(HDR, 16, R), (DATA, 512, W)]),
+        (1, 0xff),
+        "no status descriptor"
+    );
     assert_eq!(h.bytes(DATA, 2), vec![S_IOERR, 0xee]);
     assert_eq!(h.run(&[(HDR, 16, R)]), NO_STATUS, "header only");
-    assert_eq!(h.run(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, R)]), NO_STATUS, "read-only status");
-    assert_eq!(h.run(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 0, W)]), NO_STATUS, "empty status");
-    assert_eq!(h.run(&[(HDR, 16, R), (DATA, 512, W), (HOLE, 1, W)]), NO_STATUS, "status outside memory");
+    assert_eq!(
+        h.run(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, R)]),
+        NO_STATUS,
+        "read-only status"
+    );
+    assert_eq!(
+        h.run(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 0, W)]),
+        NO_STATUS,
+        "empty status"
+    );
+    assert_eq!(
+        h.run(&[(HDR, 16, R), (DATA, 512, W), (HOLE, 1, W)]),
+        NO_STATUS,
+        "status outside memory"
+    );
 }
 
 #[test]
@@ -244,7 +320,10 @@ fn read_only_device_refuses_writes() {
     assert_eq!(h.write(0, DATA, 512), IOERR);
     h.fill(DATA, 512, 0x11);
     assert_eq!(h.read(0, DATA, 512), (513, S_OK));
-    assert!(h.bytes(DATA, 512).iter().all(|&b| b == 0), "nothing was written");
+    assert!(
+        h.bytes(DATA, 512).iter().all(|&b| b == 0),
+        "nothing was written"
+    );
     h.segment(DATA, 0, 1, 0);
     h.header(T_DISCARD, 0);
     assert_eq!(h.run(&[(HDR, 16, R), (DATA, 16, R), (STATUS, 1, W)]), IOERR);
@@ -261,12 +340,20 @@ fn out_of_range_and_misaligned_sectors() {
     let sectors = 0x10_0000 / 512;
     assert_eq!(h.read(sectors - 1, DATA, 512), (513, S_OK), "last sector");
     assert_eq!(h.read(sectors, DATA, 512), IOERR, "one past the end");
-    assert_eq!(h.read(sectors - 1, DATA, 1024), IOERR, "running past the end");
+    assert_eq!(
+        h.read(sectors - 1, DATA, 1024),
+        IOERR,
+        "running past the end"
+    );
     assert_eq!(h.read(u64::MAX, DATA, 512), IOERR, "overflow");
     assert_eq!(h.read(0, DATA, 100), IOERR, "not a whole sector");
     let mut h = harness(4096, false);
     assert_eq!(h.read(8, DATA, 4096), (4097, S_OK));
-    assert_eq!(h.read(1, DATA, 4096), IOERR, "sector not aligned to the 4 KiB block");
+    assert_eq!(
+        h.read(1, DATA, 4096),
+        IOERR,
+        "sector not aligned to the 4 KiB block"
+    );
     assert_eq!(h.read(8, DATA, 512), IOERR, "length not a whole block");
 }
 
@@ -274,11 +361,23 @@ fn out_of_range_and_misaligned_sectors() {
 fn data_direction_segments_and_sizes() {
     let mut h = harness(512, false);
     h.header(T_IN, 0);
-    assert_eq!(h.run(&[(HDR, 16, R), (DATA, 512, R), (STATUS, 1, W)]), IOERR, "read into a read-only buffer");
+    assert_eq!(
+        h.run(&[(HDR, 16, R), (DATA, 512, R), (STATUS, 1, W)]),
+        IOERR,
+        "read into a read-only buffer"
+    );
     h.header(T_OUT, 0);
-    assert_eq!(h.run(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)]), IOERR, "write from a write-only buffer");
+    assert_eq!(
+        h.run(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)]),
+        IOERR,
+        "write from a write-only buffer"
+    );
     h.header(T_IN, 0);
-    assert_eq!(h.run(&[(HDR, 16, R), (STATUS, 1, W)]), IOERR, "read without data");
+    assert_eq!(
+        h.run(&[(HDR, 16, R), (STATUS, 1, W)]),
+        IOERR,
+        "read without data"
+    );
     // More data descriptors than seg_max.
     let seg_max = Limits::new(h.bdev.info(), false, 1).seg_max as usize;
     // (in an indirect table: the chain is longer than the ring)
@@ -287,14 +386,35 @@ fn data_direction_segments_and_sizes() {
     chain.push((STATUS, 1, W));
     let table = R3 + 0x1000;
     for (k, &(a, l, f)) in chain.iter().enumerate() {
-        let f = if k + 1 == chain.len() { f } else { f | DESC_F_NEXT };
-        h.mem.write_obj(desc(a, l, f, k as u16 + 1), GuestAddress(table + 16 * k as u64)).unwrap();
+        let f = if k + 1 == chain.len() {
+            f
+        } else {
+            f | DESC_F_NEXT
+        };
+        h.mem
+            .write_obj(
+                desc(a, l, f, k as u16 + 1),
+                GuestAddress(table + 16 * k as u64),
+            )
+            .unwrap();
     }
-    assert_eq!(h.run(&[(table, 16 * chain.len() as u32, DESC_F_INDIRECT)]), IOERR, "too many segments");
+    assert_eq!(
+        h.run(&[(table, 16 * chain.len() as u32, DESC_F_INDIRECT)]),
+        IOERR,
+        "too many segments"
+    );
     // Exactly seg_max is fine.
-    h.mem.write_obj(desc(STATUS, 1, W, 0), GuestAddress(table + 16 * (seg_max as u64 + 1))).unwrap();
+    h.mem
+        .write_obj(
+            desc(STATUS, 1, W, 0),
+            GuestAddress(table + 16 * (seg_max as u64 + 1)),
+        )
+        .unwrap();
     let n = (seg_max as u32 + 2) * 16;
-    assert_eq!(h.run(&[(table, n, DESC_F_INDIRECT)]), (512 * seg_max as u32 + 1, S_OK));
+    assert_eq!(
+        h.run(&[(table, n, DESC_F_INDIRECT)]),
+        (512 * seg_max as u32 + 1, S_OK)
+    );
     // A descriptor larger than size_max.
     assert_eq!(h.read(0, R2, (1 << 20) + 512), IOERR);
 }
@@ -303,18 +423,28 @@ fn data_direction_segments_and_sizes() {
 fn unknown_types_flush_and_get_id() {
     let mut h = harness(512, false);
     h.header(99, 0);
-    assert_eq!(h.run(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)]), UNSUPP);
+    assert_eq!(
+        h.run(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)]),
+        UNSUPP
+    );
     h.header(T_FLUSH, 0);
     assert_eq!(h.run(&[(HDR, 16, R), (STATUS, 1, W)]), OK);
     h.header(T_GET_ID, 0);
     h.fill(DATA, 32, 0xee);
-    assert_eq!(h.run(&[(HDR, 16, R), (DATA, 32, W), (STATUS, 1, W)]), (21, S_OK));
+    assert_eq!(
+        h.run(&[(HDR, 16, R), (DATA, 32, W), (STATUS, 1, W)]),
+        (21, S_OK)
+    );
     let id = h.bytes(DATA, 21);
     assert_eq!(&id[..2], b"m0");
     assert!(id[2..20].iter().all(|&b| b == 0));
     assert_eq!(id[20], 0xee, "only 20 bytes written");
     h.header(T_GET_ID, 0);
-    assert_eq!(h.run(&[(HDR, 16, R), (DATA, 32, R), (STATUS, 1, W)]), IOERR, "read-only id buffer");
+    assert_eq!(
+        h.run(&[(HDR, 16, R), (DATA, 32, R), (STATUS, 1, W)]),
+        IOERR,
+        "read-only id buffer"
+    );
 }
 
 #[test]
@@ -326,36 +456,69 @@ fn discard_and_write_zeroes() {
     h.segment(STATUS + 0x100, 1, 1, 0);
     h.segment(STATUS + 0x110, 4, 2, 0);
     h.header(T_DISCARD, 0);
-    assert_eq!(h.run(&[(HDR, 16, R), (STATUS + 0x100, 32, R), (STATUS, 1, W)]), OK);
+    assert_eq!(
+        h.run(&[(HDR, 16, R), (STATUS + 0x100, 32, R), (STATUS, 1, W)]),
+        OK
+    );
     h.segment(STATUS + 0x100, 7, 1, WZ_FLAG_UNMAP);
     h.header(T_WRITE_ZEROES, 0);
-    assert_eq!(h.run(&[(HDR, 16, R), (STATUS + 0x100, 16, R), (STATUS, 1, W)]), OK);
+    assert_eq!(
+        h.run(&[(HDR, 16, R), (STATUS + 0x100, 16, R), (STATUS, 1, W)]),
+        OK
+    );
     assert_eq!(h.read(0, DATA + 0x2000, 4096), (4097, S_OK));
     let got = h.bytes(DATA + 0x2000, 4096);
     for s in 0..8 {
         let zero = [1, 4, 5, 7].contains(&s);
         let sec = &got[s * 512..(s + 1) * 512];
-        assert!(sec.iter().all(|&b| b == if zero { 0 } else { 0x5a }), "sector {s}");
+        assert!(
+            sec.iter().all(|&b| b == if zero { 0 } else { 0x5a }),
+            "sector {s}"
+        );
     }
     let sectors = 0x10_0000 / 512;
     h.header(T_DISCARD, 0);
     h.segment(STATUS + 0x100, sectors - 1, 2, 0);
-    assert_eq!(h.run(&[(HDR, 16, R), (STATUS + 0x100, 16, R), (STATUS, 1, W)]), IOERR, "segment out of range");
+    assert_eq!(
+        h.run(&[(HDR, 16, R), (STATUS + 0x100, 16, R), (STATUS, 1, W)]),
+        IOERR,
+        "segment out of range"
+    );
     h.segment(STATUS + 0x100, u64::MAX - 1, 4, 0);
-    assert_eq!(h.run(&[(HDR, 16, R), (STATUS + 0x100, 16, R), (STATUS, 1, W)]), IOERR, "segment overflows");
+    assert_eq!(
+        h.run(&[(HDR, 16, R), (STATUS + 0x100, 16, R), (STATUS, 1, W)]),
+        IOERR,
+        "segment overflows"
+    );
     h.segment(STATUS + 0x100, 0, 1, WZ_FLAG_UNMAP);
-    assert_eq!(h.run(&[(HDR, 16, R), (STATUS + 0x100, 16, R), (STATUS, 1, W)]), UNSUPP, "unmap flag on discard");
+    assert_eq!(
+        h.run(&[(HDR, 16, R), (STATUS + 0x100, 16, R), (STATUS, 1, W)]),
+        UNSUPP,
+        "unmap flag on discard"
+    );
     h.header(T_WRITE_ZEROES, 0);
     h.segment(STATUS + 0x100, 0, 1, 0x8);
-    assert_eq!(h.run(&[(HDR, 16, R), (STATUS + 0x100, 16, R), (STATUS, 1, W)]), UNSUPP, "unknown flag");
+    assert_eq!(
+        h.run(&[(HDR, 16, R), (STATUS + 0x100, 16, R), (STATUS, 1, W)]),
+        UNSUPP,
+        "unknown flag"
+    );
     h.segment(STATUS + 0x100, 0, 1, 0);
-    assert_eq!(h.run(&[(HDR, 16, R), (STATUS + 0x100, 12, R), (STATUS, 1, W)]), IOERR, "partial segment");
+    assert_eq!(
+        h.run(&[(HDR, 16, R), (STATUS + 0x100, 12, R), (STATUS, 1, W)]),
+        IOERR,
+        "partial segment"
+    );
     assert_eq!(h.run(&[(HDR, 16, R), (STATUS, 1, W)]), IOERR, "no segment");
     let many = Limits::new(h.bdev.info(), false, 1).max_write_zeroes_seg + 1;
     for k in 0..many as u64 {
         h.segment(STATUS + 0x100 + 16 * k, k, 1, 0);
     }
-    assert_eq!(h.run(&[(HDR, 16, R), (STATUS + 0x100, 16 * many, R), (STATUS, 1, W)]), IOERR, "too many segments");
+    assert_eq!(
+        h.run(&[(HDR, 16, R), (STATUS + 0x100, 16 * many, R), (STATUS, 1, W)]),
+        IOERR,
+        "too many segments"
+    );
 }
 
 #[test]
@@ -395,19 +558,34 @@ fn indirect_tables() {
     assert_eq!(h.write(2, DATA, 1024), OK);
     // header, 2 data, status in an indirect table at R3.
     let table = R3 + 0x1000;
-    let entries =
-        [desc(HDR, 16, DESC_F_NEXT, 1), desc(DATA + 0x4000, 512, W | DESC_F_NEXT, 2), desc(DATA + 0x4200, 512, W | DESC_F_NEXT, 3), desc(STATUS, 1, W, 0)];
+    let entries = [
+        desc(HDR, 16, DESC_F_NEXT, 1),
+        desc(DATA + 0x4000, 512, W | DESC_F_NEXT, 2),
+        desc(DATA + 0x4200, 512, W | DESC_F_NEXT, 3),
+        desc(STATUS, 1, W, 0),
+    ];
     for (k, e) in entries.iter().enumerate() {
-        h.mem.write_obj(*e, GuestAddress(table + 16 * k as u64)).unwrap();
+        h.mem
+            .write_obj(*e, GuestAddress(table + 16 * k as u64))
+            .unwrap();
     }
     h.header(T_IN, 2);
     assert_eq!(h.run(&[(table, 64, DESC_F_INDIRECT)]), (1025, S_OK));
     assert_eq!(h.bytes(DATA + 0x4000, 1024), vec![0x77; 1024]);
     // Nested indirect, or a table of a partial descriptor: nothing trusted.
-    h.mem.write_obj(desc(table, 64, DESC_F_INDIRECT, 0), GuestAddress(table + 0x100)).unwrap();
+    h.mem
+        .write_obj(
+            desc(table, 64, DESC_F_INDIRECT, 0),
+            GuestAddress(table + 0x100),
+        )
+        .unwrap();
     assert_eq!(h.run(&[(table + 0x100, 16, DESC_F_INDIRECT)]), NO_STATUS);
     assert_eq!(h.run(&[(table, 60, DESC_F_INDIRECT)]), NO_STATUS);
-    assert_eq!(h.run(&[(HOLE, 64, DESC_F_INDIRECT)]), NO_STATUS, "table outside memory");
+    assert_eq!(
+        h.run(&[(HOLE, 64, DESC_F_INDIRECT)]),
+        NO_STATUS,
+        "table outside memory"
+    );
 }
 
 #[test]
@@ -415,16 +593,38 @@ fn config_space_layout() {
     let b = bdev::malloc::create("cfg", 2048, 4096).unwrap();
     let l = Limits::new(bdev::Bdev::info(&b), false, 4);
     let c = l.config_space();
-    assert_eq!(u64::from_le_bytes(c[0..8].try_into().unwrap()), 2048 * 8, "capacity in 512-byte sectors");
-    assert_eq!(u32::from_le_bytes(c[20..24].try_into().unwrap()), 4096, "blk_size");
-    assert_eq!(u16::from_le_bytes(c[34..36].try_into().unwrap()), 4, "num_queues");
+    assert_eq!(
+        u64::from_le_bytes(c[0..8].try_into().unwrap()),
+        2048 * 8,
+        "capacity in 512-byte sectors"
+    );
+    assert_eq!(
+        u32::from_le_bytes(c[20..24].try_into().unwrap()),
+        4096,
+        "blk_size"
+    );
+    assert_eq!(
+        u16::from_le_bytes(c[34..36].try_into().unwrap()),
+        4,
+        "num_queues"
+    );
     assert_eq!(u32::from_le_bytes(c[12..16].try_into().unwrap()), l.seg_max);
-    assert_eq!(u32::from_le_bytes(c[44..48].try_into().unwrap()), 8, "discard alignment in sectors");
+    assert_eq!(
+        u32::from_le_bytes(c[44..48].try_into().unwrap()),
+        8,
+        "discard alignment in sectors"
+    );
     let f = l.features();
-    for bit in [feat::BLK_FLUSH, feat::BLK_MQ, feat::BLK_DISCARD, feat::BLK_WRITE_ZEROES, feat::RING_EVENT_IDX, feat::VERSION_1] {
+    for bit in [
+        feat::BLK_FLUSH,
+        feat::BLK_MQ,
+        feat::BLK_DISCARD,
+        feat::BLK_WRITE_ZEROES,
+        feat::RING_EVENT_IDX,
+        feat::VERSION_1,
+    ] {
         assert!(f & bit != 0);
     }
     assert!(f & feat::BLK_RO == 0);
     assert_eq!(l.serial_str(), "cfg");
 }
-

@@ -140,7 +140,9 @@ impl Limits {
     /// padding (60 bytes), little endian.
     pub fn config_space(&self) -> [u8; CONFIG_BYTES] {
         let mut c = [0u8; CONFIG_BYTES];
-        let put32 = |c: &mut [u8; CONFIG_BYTES], off: usize, v: u32| c[off..off + 4].copy_from_slice(&v.to_le_bytes());
+        let put32 = |c: &mut [u8; CONFIG_BYTES], off: usize, v: u32| {
+            c[off..off + 4].copy_from_slice(&v.to_le_bytes())
+        };
         c[0..8].copy_from_slice(&self.capacity_sectors().to_le_bytes());
         put32(&mut c, 8, self.size_max);
         put32(&mut c, 12, self.seg_max);

@@ -136,7 +136,11 @@ impl QueueCtl {
             if now >= deadline {
                 return None;
             }
-            g = self.cv.wait_timeout(g, (deadline - now).min(Duration::from_millis(50))).unwrap_or_else(|e| e.into_inner()).0;
+            g = self
+                .cv
+                .wait_timeout(g, (deadline - now).min(Duration::from_millis(50)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -177,7 +181,13 @@ struct Slot {
     status_ptr: *mut u8,
 }
 
-const FREE: Slot = Slot { busy: false, parts: 0, status: S_OK, written: 0, status_ptr: std::ptr::null_mut() };
+const FREE: Slot = Slot {
+    busy: false,
+    parts: 0,
+    status: S_OK,
+    written: 0,
+    status_ptr: std::ptr::null_mut(),
+};
 
 /// Per-request state, apart from the bdev channel (so that the channel's
 /// completion callback can borrow it).
@@ -245,7 +255,9 @@ impl Core {
 
     /// A bdev completion for `tag` (a head).
     fn part_done(&mut self, tag: u64, st: IoStatus) {
-        let Some(slot) = self.slots.get_mut(tag as usize) else { return };
+        let Some(slot) = self.slots.get_mut(tag as usize) else {
+            return;
+        };
         if !slot.busy || slot.parts == 0 {
             return;
         }
@@ -280,14 +292,32 @@ impl Core {
         self.inflight += 1;
         let walker = ChainWalker::new(&self.mem, self.q.desc_table(), self.q.size(), head);
         let p = parse(&self.mem, walker, &self.limits, &mut self.scratch);
-        self.slots[h] = Slot { busy: true, parts: 0, status: S_OK, written: 0, status_ptr: p.status };
+        self.slots[h] = Slot {
+            busy: true,
+            parts: 0,
+            status: S_OK,
+            written: 0,
+            status_ptr: p.status,
+        };
         let req = match p.plan {
             Plan::Done { status, written } => return self.complete(head, status, written),
-            Plan::Data { io_type, offset_blocks, num_blocks, niov, bytes } => {
+            Plan::Data {
+                io_type,
+                offset_blocks,
+                num_blocks,
+                niov,
+                bytes,
+            } => {
                 if io_type == IoType::Read {
                     self.slots[h].written = bytes;
                 }
-                IoRequest { io_type, offset_blocks, num_blocks, iovs: &self.scratch.iovs[..niov], fua: false }
+                IoRequest {
+                    io_type,
+                    offset_blocks,
+                    num_blocks,
+                    iovs: &self.scratch.iovs[..niov],
+                    fua: false,
+                }
             }
             Plan::Flush => IoRequest::flush(),
             Plan::Ranges { io_type, n } => {
@@ -295,7 +325,13 @@ impl Core {
                 let mut failed = 0;
                 for i in 0..n {
                     let (off, num) = self.scratch.ranges[i];
-                    let r = IoRequest { io_type, offset_blocks: off, num_blocks: num, iovs: &[], fua: false };
+                    let r = IoRequest {
+                        io_type,
+                        offset_blocks: off,
+                        num_blocks: num,
+                        iovs: &[],
+                        fua: false,
+                    };
                     // SAFETY: no memory is lent for unmap / write-zeroes.
                     if unsafe { chan.submit(&r, head as u64) }.is_err() {
                         failed += 1;
@@ -381,7 +417,10 @@ pub(crate) struct Worker {
 impl Worker {
     /// Builds a worker on the calling thread (a reactor, or a test thread
     /// when `handle` is `None`).
-    pub fn new(setup: QueueSetup, handle: Option<ReactorHandle>) -> Result<Worker, bdev::BdevError> {
+    pub fn new(
+        setup: QueueSetup,
+        handle: Option<ReactorHandle>,
+    ) -> Result<Worker, bdev::BdevError> {
         let chan = bdev::open_channel(&setup.bdev)?;
         let depth = setup.bdev.info().queue_depth.max(1);
         let mut q = setup.queue;
@@ -463,8 +502,17 @@ impl Worker {
     }
 
     fn fetch(&mut self) -> usize {
-        let Worker { chan, core, depth, resubmit, .. } = self;
-        let room = core.limits.max_discard_seg.max(core.limits.max_write_zeroes_seg) as usize;
+        let Worker {
+            chan,
+            core,
+            depth,
+            resubmit,
+            ..
+        } = self;
+        let room = core
+            .limits
+            .max_discard_seg
+            .max(core.limits.max_write_zeroes_seg) as usize;
         let mut n = 0;
         while n < BATCH && chan.inflight() + room <= *depth {
             let (head, again) = match resubmit.pop() {
@@ -502,7 +550,10 @@ impl Worker {
         self.core.flush(&self.ctl, on_reactor);
         if self.stopping && self.core.inflight == 0 {
             self.finished = true;
-            self.ctl.finish(QueueFinal { next_avail: self.core.q.next_avail(), next_used: self.core.q.next_used() });
+            self.ctl.finish(QueueFinal {
+                next_avail: self.core.q.next_avail(),
+                next_used: self.core.q.next_used(),
+            });
             if let Some(id) = self.poller.get() {
                 reactor::unregister_poller(id);
             }

@@ -34,8 +34,19 @@ impl Drop for Env {
 }
 
 fn reactors() -> ReactorSet {
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
-    ReactorSet::start(&[0, 1], ReactorOptions { pin: false, idle_sleep_us: 50, ..Default::default() }).unwrap()
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    ReactorSet::start(
+        &[0, 1],
+        ReactorOptions {
+            pin: false,
+            idle_sleep_us: 50,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 fn env(num_queues: u16, readonly: bool) -> Env {
@@ -52,7 +63,13 @@ fn env(num_queues: u16, readonly: bool) -> Env {
         cores: None,
     };
     let ctrl = Controller::create(params, Arc::clone(&bdev), set.handle()).unwrap();
-    Env { ctrl: Some(ctrl), set: Some(set), bdev, _dir: dir, sock: sock.to_str().unwrap().to_string() }
+    Env {
+        ctrl: Some(ctrl),
+        set: Some(set),
+        bdev,
+        _dir: dir,
+        sock: sock.to_str().unwrap().to_string(),
+    }
 }
 
 struct Client {
@@ -62,17 +79,20 @@ struct Client {
 }
 
 impl Client {
-    fn buf(&self) -> &mut [u8] {
-        // SAFETY: the region is a private mapping of `len` bytes owned by
-        // this client; tests use it from one thread at a time per range.
-        unsafe { std::slice::from_raw_parts_mut(self.mem.addr as *mut u8, self.mem.len) }
+    fn buf(&self) -> &'static mut [u8] {
+        region_mut(self.mem.addr, self.mem.len)
     }
     fn ptr(&self, off: usize) -> *mut u8 {
         (self.mem.addr + off) as *mut u8
     }
 }
 
-fn connect(sock: &str, queues: i32, poll_queues: i32, readonly: bool) -> Result<Client, blkio::Error> {
+fn connect(
+    sock: &str,
+    queues: i32,
+    poll_queues: i32,
+    readonly: bool,
+) -> Result<Client, blkio::Error> {
     let mut b = Blkio::new("virtio-blk-vhost-user")?;
     b.set_str("path", sock)?;
     if readonly {
@@ -97,7 +117,9 @@ fn wait(q: &mut Blkioq, n: usize) -> Vec<(usize, i32)> {
     while out.len() < n {
         let mut t = Duration::from_secs(20);
         let want = n - out.len();
-        let got = q.do_io(&mut comps[..want], want, Some(&mut t), None).expect("do_io");
+        let got = q
+            .do_io(&mut comps[..want], want, Some(&mut t), None)
+            .expect("do_io");
         assert!(got > 0, "no completion within 20 s");
         for c in &comps[..got] {
             // SAFETY: do_io initialised the first `got` completions.
@@ -172,13 +194,22 @@ fn random_writes_then_verified_reads() {
     while off < BLOCKS * BS {
         let n = 16.min(((BLOCKS * BS - off) / chunk) as usize);
         for k in 0..n {
-            q.read(off + k as u64 * chunk, c.ptr(k * chunk as usize), chunk as usize, k, ReqFlags::empty());
+            q.read(
+                off + k as u64 * chunk,
+                c.ptr(k * chunk as usize),
+                chunk as usize,
+                k,
+                ReqFlags::empty(),
+            );
         }
         for (_, ret) in wait(&mut q, n) {
             assert_eq!(ret, 0);
         }
         let got = &c.buf()[..n * chunk as usize];
-        assert!(got == &shadow[off as usize..off as usize + n * chunk as usize], "data at {off} differs");
+        assert!(
+            got == &shadow[off as usize..off as usize + n * chunk as usize],
+            "data at {off} differs"
+        );
         off += n as u64 * chunk;
     }
 }
@@ -192,21 +223,37 @@ fn vectored_io() {
     for (i, x) in buf[..8192].iter_mut().enumerate() {
         *x = (i * 31 % 253) as u8;
     }
-    let iov = |off: usize, len: usize| libc::iovec { iov_base: (c.mem.addr + off) as *mut libc::c_void, iov_len: len };
+    let iov = |off: usize, len: usize| libc::iovec {
+        iov_base: (c.mem.addr + off) as *mut libc::c_void,
+        iov_len: len,
+    };
     // Write 8 KiB from three pieces (512 + 4096 + 3584), read it back
     // through four pieces into another part of the region.
     let w = [iov(0, 512), iov(512, 4096), iov(4608, 3584)];
     q.writev(4096, w.as_ptr(), 3, 1, ReqFlags::empty());
     assert_eq!(run1(&mut q), 0);
-    let r = [iov(0x10000, 1024), iov(0x10400, 1024), iov(0x10800, 2048), iov(0x11000, 4096)];
+    let r = [
+        iov(0x10000, 1024),
+        iov(0x10400, 1024),
+        iov(0x10800, 2048),
+        iov(0x11000, 4096),
+    ];
     q.readv(4096, r.as_ptr(), 4, 2, ReqFlags::empty());
     assert_eq!(run1(&mut q), 0);
     assert!(buf[0x10000..0x12000] == buf[..8192]);
 }
 
-fn unsafe_slice(m: &MemoryRegion) -> &mut [u8] {
-    // SAFETY: a mapping of `len` bytes owned by the caller's client.
-    unsafe { std::slice::from_raw_parts_mut(m.addr as *mut u8, m.len) }
+fn unsafe_slice(m: &MemoryRegion) -> &'static mut [u8] {
+    region_mut(m.addr, m.len)
+}
+
+/// The bytes of a libblkio memory region. Test-only shortcut: the region
+/// lives as long as its client, which every test keeps until it returns,
+/// and each test touches a given range from one thread at a time.
+fn region_mut(addr: usize, len: usize) -> &'static mut [u8] {
+    // SAFETY: see above; `addr..addr + len` is a live mapping made by
+    // `alloc_mem_region`.
+    unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) }
 }
 
 #[test]
@@ -269,12 +316,21 @@ fn several_queues_at_once() {
                     }
                     for k in 0..8usize {
                         let off = disk + (round * 8 + k as u64) * 16384 % span;
-                        q.read(off, buf[128 * 1024 + k * 16384..].as_mut_ptr(), 16384, k, ReqFlags::empty());
+                        q.read(
+                            off,
+                            buf[128 * 1024 + k * 16384..].as_mut_ptr(),
+                            16384,
+                            k,
+                            ReqFlags::empty(),
+                        );
                     }
                     for (_, ret) in wait(&mut q, 8) {
                         assert_eq!(ret, 0);
                     }
-                    assert!(buf[..128 * 1024] == buf[128 * 1024..], "queue {qi} round {round}");
+                    assert!(
+                        buf[..128 * 1024] == buf[128 * 1024..],
+                        "queue {qi} round {round}"
+                    );
                 }
             });
         }
@@ -282,7 +338,12 @@ fn several_queues_at_once() {
     // Counters are published just after the used ring: allow a moment.
     let mut info = e.ctrl.as_ref().unwrap().info();
     for _ in 0..100 {
-        if info["queues"].as_array().unwrap().iter().all(|q| q["requests"].as_u64().unwrap() >= 320) {
+        if info["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|q| q["requests"].as_u64().unwrap() >= 320)
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -295,7 +356,8 @@ fn several_queues_at_once() {
         assert_eq!(q["errors"], 0);
     }
     // The disk's queues are spread over both reactors.
-    let cores: std::collections::HashSet<u64> = queues.iter().map(|q| q["core"].as_u64().unwrap()).collect();
+    let cores: std::collections::HashSet<u64> =
+        queues.iter().map(|q| q["core"].as_u64().unwrap()).collect();
     assert_eq!(cores.len(), 2);
 }
 
@@ -303,7 +365,9 @@ fn several_queues_at_once() {
 fn read_only_device() {
     let e = env(1, true);
     // libblkio sees VIRTIO_BLK_F_RO and refuses a read-write start.
-    let err = connect(&e.sock, 1, 0, false).err().expect("read-write start must fail");
+    let err = connect(&e.sock, 1, 0, false)
+        .err()
+        .expect("read-write start must fail");
     assert_eq!(err.errno(), rustix_erofs(), "{}", err.message());
     let c = connect(&e.sock, 1, 0, true).unwrap();
     let mut q = c.queues.into_iter().next().unwrap();
@@ -328,7 +392,10 @@ fn reconnects_and_delete() {
         if round > 0 {
             q.read(0, buf.as_mut_ptr(), 512, 0, ReqFlags::empty());
             assert_eq!(run1(&mut q), 0);
-            assert!(buf[..512].iter().all(|&b| b == round - 1), "data from the previous connection");
+            assert!(
+                buf[..512].iter().all(|&b| b == round - 1),
+                "data from the previous connection"
+            );
         }
         buf[..512].fill(round);
         q.write(0, buf.as_ptr(), 512, 0, ReqFlags::empty());
@@ -357,27 +424,61 @@ fn create_errors() {
         cores: None,
     };
     let create = |p: VhostBlkParams| Controller::create(p, Arc::clone(&bdev), set.handle());
-    assert!(matches!(create(VhostBlkParams { num_queues: 0, ..p("a", "a.sock") }), Err(VhostError::NumQueues(0))));
-    assert!(matches!(create(VhostBlkParams { num_queues: 65, ..p("a", "a.sock") }), Err(VhostError::NumQueues(65))));
-    let e = create(VhostBlkParams { cores: Some(vec![7]), ..p("a", "a.sock") }).err().unwrap();
+    assert!(matches!(
+        create(VhostBlkParams {
+            num_queues: 0,
+            ..p("a", "a.sock")
+        }),
+        Err(VhostError::NumQueues(0))
+    ));
+    assert!(matches!(
+        create(VhostBlkParams {
+            num_queues: 65,
+            ..p("a", "a.sock")
+        }),
+        Err(VhostError::NumQueues(65))
+    ));
+    let e = create(VhostBlkParams {
+        cores: Some(vec![7]),
+        ..p("a", "a.sock")
+    })
+    .err()
+    .unwrap();
     assert_eq!(e.to_string(), "core 7 has no reactor (reactor cores: 0,1)");
-    assert!(matches!(create(p("", "a.sock")), Err(VhostError::InvalidParam { field: "name", .. })));
+    assert!(matches!(
+        create(p("", "a.sock")),
+        Err(VhostError::InvalidParam { field: "name", .. })
+    ));
     std::fs::write(dir.path().join("file"), b"x").unwrap();
-    assert!(matches!(create(p("a", "file")), Err(VhostError::SocketExists(_))));
+    assert!(matches!(
+        create(p("a", "file")),
+        Err(VhostError::SocketExists(_))
+    ));
     let e = create(p("a", "missing-dir/a.sock")).err().unwrap();
     assert!(matches!(e, VhostError::Bind { .. }), "{e}");
     // A live socket is refused; a stale one (its server died) is reclaimed.
-    let live = create(VhostBlkParams { cores: Some(vec![1]), ..p("a", "a.sock") }).unwrap();
+    let live = create(VhostBlkParams {
+        cores: Some(vec![1]),
+        ..p("a", "a.sock")
+    })
+    .unwrap();
     assert_eq!(live.info()["cores"], serde_json::json!([1]));
-    assert!(matches!(create(p("b", "a.sock")), Err(VhostError::SocketInUse(_))));
+    assert!(matches!(
+        create(p("b", "a.sock")),
+        Err(VhostError::SocketInUse(_))
+    ));
     drop(live);
     let stale = std::os::unix::net::UnixListener::bind(dir.path().join("stale.sock")).unwrap();
     drop(stale); // the file stays, nobody listens
     let c = create(p("c", "stale.sock")).unwrap();
     c.delete();
     // Parameters as JSON (the RPC): defaults and unknown fields.
-    let v: VhostBlkParams = serde_json::from_str(r#"{"name":"x","socket":"/s","bdev":"b"}"#).unwrap();
+    let v: VhostBlkParams =
+        serde_json::from_str(r#"{"name":"x","socket":"/s","bdev":"b"}"#).unwrap();
     assert_eq!((v.num_queues, v.readonly, v.cores), (1, false, None));
-    assert!(serde_json::from_str::<VhostBlkParams>(r#"{"name":"x","socket":"/s","bdev":"b","bogus":1}"#).is_err());
+    assert!(serde_json::from_str::<VhostBlkParams>(
+        r#"{"name":"x","socket":"/s","bdev":"b","bogus":1}"#
+    )
+    .is_err());
     assert!(set.shutdown());
 }
