@@ -396,7 +396,7 @@ pub(crate) fn setup(
         reject(&mut id, &shared, &info, "target is being deleted");
         return;
     }
-    let ch = match Channel::new(&shared, &info, &mut id, p) {
+    let ch = match Channel::create_parts(&shared, &mut id, p) {
         Ok(parts) => parts,
         Err(e) => {
             reject(&mut id, &shared, &info, &e.to_string());
@@ -461,7 +461,7 @@ enum SetupError {
 }
 
 impl Channel {
-    fn new(shared: &TargetShared, _info: &ChanInfo, id: &mut CmId, p: ChanParams) -> Result<Parts, SetupError> {
+    fn create_parts(shared: &TargetShared, id: &mut CmId, p: ChanParams) -> Result<Parts, SetupError> {
         let name = id.device_name().ok_or(SetupError::Other("the CM id has no device"))?;
         let dev = rdma::Context::open(shared.cfg.provider, &name)?;
         let pd = Pd::new(&dev)?;
@@ -1713,10 +1713,8 @@ impl Channel {
         let mut n = 0;
         for j in 0..self.ctxs.len() {
             let c = &self.ctxs[j];
-            if c.busy && c.kind == Kind::Cmd && c.lun == l && !c.rsp_posted && !c.aborted {
-                if self.abort_cmd(j, waiter) {
-                    n += 1;
-                }
+            if c.busy && c.kind == Kind::Cmd && c.lun == l && !c.rsp_posted && !c.aborted && self.abort_cmd(j, waiter) {
+                n += 1;
             }
         }
         n

@@ -217,11 +217,8 @@ pub fn login(addr: SocketAddr, req: LoginReq, mem_bytes: usize) -> Login {
         unsafe { id.post_recv(s as u64, &[sge]) }.unwrap();
     }
     id.connect(&req.to_rdma_bytes()).unwrap();
-    let ev = loop {
-        match wait_event(&mut chan, Duration::from_secs(5)) {
-            None => return Login::Failed("no answer to connect".into()),
-            Some(e) => break e,
-        }
+    let Some(ev) = wait_event(&mut chan, Duration::from_secs(5)) else {
+        return Login::Failed("no answer to connect".into());
     };
     match ev.kind {
         CmEventKind::Established { private_data } => {
