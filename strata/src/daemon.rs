@@ -4,6 +4,7 @@
 //! RPC socket, from `strata bench` — goes through [`Daemon::call`], so the
 //! config file, `save_config` and the RPC API can never disagree.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bdev::{Bdev, BdevRegistry, IoType};
@@ -25,6 +26,9 @@ pub struct Daemon {
     pub registry: Arc<BdevRegistry>,
     /// vhost-user-blk controllers, in creation order.
     vhost: Mutex<Vec<vhost::Controller>>,
+    /// Background pollers owned by a bdev (raid1 rebuild/resync), by bdev
+    /// name: set the flag to stop them.
+    tasks: Mutex<Vec<(String, Arc<AtomicBool>)>>,
     /// Serialises management operations (never taken on the data path).
     control: Mutex<()>,
 }
@@ -38,6 +42,7 @@ impl Daemon {
             reactors,
             registry: Arc::new(BdevRegistry::new()),
             vhost: Mutex::new(Vec::new()),
+            tasks: Mutex::new(Vec::new()),
             control: Mutex::new(()),
         }
     }
@@ -70,7 +75,54 @@ impl Daemon {
     pub fn shutdown(&self) {
         self.stop_frontends();
         let _guard = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, stop) in lock(&self.tasks).drain(..) {
+            stop.store(true, Ordering::Release);
+        }
         self.registry.clear();
+    }
+
+    /// Runs `poll` as a poller on reactor 0 until the bdev `owner` is
+    /// deleted (or the daemon stops).
+    fn spawn_task(&self, owner: &str, name: &'static str, make: impl FnOnce() -> Box<dyn FnMut() -> usize> + Send + 'static) {
+        let stop = Arc::new(AtomicBool::new(false));
+        lock(&self.tasks).push((owner.to_string(), Arc::clone(&stop)));
+        let sent = self.reactors.send(0, move || {
+            let mut poll = make();
+            let id = std::rc::Rc::new(std::cell::Cell::new(None));
+            let id2 = std::rc::Rc::clone(&id);
+            let pid = reactor::register_poller(name, move || {
+                if stop.load(Ordering::Acquire) {
+                    if let Some(i) = id2.take() {
+                        reactor::unregister_poller(i);
+                    }
+                    return reactor::Poll::Idle;
+                }
+                reactor::Poll::from_count(poll())
+            });
+            id.set(Some(pid));
+        });
+        if let Err(e) = sent {
+            tracing::error!(owner, error = %e, "cannot start background task");
+        }
+    }
+
+    /// Stops the background pollers of `owner` and waits until reactor 0
+    /// has seen the flag (two message round trips: the poller runs between).
+    fn stop_tasks(&self, owner: &str) {
+        let mut stopped = false;
+        lock(&self.tasks).retain(|(o, stop)| {
+            if o == owner {
+                stop.store(true, Ordering::Release);
+                stopped = true;
+                false
+            } else {
+                true
+            }
+        });
+        if stopped {
+            let _ = self.reactors.call(0, || ());
+            let _ = self.reactors.call(0, || ());
+        }
     }
 }
 
@@ -88,6 +140,11 @@ pub const METHODS: &[(&str, Handler)] = &[
     ("bdev_error_inject", bdev_error_inject),
     ("bdev_delay_create", bdev_delay_create),
     ("bdev_io", bdev_io),
+    ("bdev_raid1_create", bdev_raid1_create),
+    ("bdev_raid1_add_member", bdev_raid1_add_member),
+    ("bdev_raid1_remove_member", bdev_raid1_remove_member),
+    ("bdev_raid1_fail_member", bdev_raid1_fail_member),
+    ("bdev_raid1_get_status", bdev_raid1_get_status),
     ("vhost_blk_create", vhost_blk_create),
     ("vhost_get_controllers", vhost_get_controllers),
     ("vhost_delete_controller", vhost_delete_controller),
@@ -197,6 +254,11 @@ struct NameParam {
 
 fn bdev_delete(d: &Daemon, p: Value) -> Result<Value, RpcError> {
     let p: NameParam = params(p)?;
+    d.registry.get(&p.name)?;
+    if let Some(by) = d.registry.claimed_by(&p.name) {
+        return Err(bdev::RegistryError::InUse { name: p.name, by }.into());
+    }
+    d.stop_tasks(&p.name);
     d.registry.remove(&p.name)?;
     Ok(json!(true))
 }
@@ -486,4 +548,35 @@ fn vhost_delete_controller(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
     c.delete();
     d.registry.release(&bdev, &vhost_owner(&p.name));
     Ok(json!(true))
+}
+
+fn bdev_raid1_create(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
+    let p: bdev::raid1::CreateParams = params(raw)?;
+    let r = bdev::raid1::rpc_create(&d.registry, &p)?;
+    let name = p.name.clone();
+    d.spawn_task(&name, "raid1_background", move || {
+        let mut task = r.rebuild_task();
+        Box::new(move || task.poll())
+    });
+    Ok(json!(name))
+}
+
+fn bdev_raid1_add_member(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
+    let p: bdev::raid1::MemberParams = params(raw)?;
+    Ok(bdev::raid1::rpc_add_member(&d.registry, &p)?)
+}
+
+fn bdev_raid1_remove_member(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
+    let p: bdev::raid1::MemberParams = params(raw)?;
+    Ok(bdev::raid1::rpc_remove_member(&d.registry, &p)?)
+}
+
+fn bdev_raid1_fail_member(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
+    let p: bdev::raid1::MemberParams = params(raw)?;
+    Ok(bdev::raid1::rpc_fail_member(&d.registry, &p)?)
+}
+
+fn bdev_raid1_get_status(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
+    let p: bdev::raid1::NameParams = params(raw)?;
+    Ok(bdev::raid1::rpc_get_status(&d.registry, &p)?)
 }
