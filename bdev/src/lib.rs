@@ -47,7 +47,7 @@ pub mod testing;
 mod util;
 
 pub use registry::{BdevRegistry, RegistryError};
-pub use util::{CompletionQueue, Slab};
+pub use util::{AlignedBuf, CompletionQueue, Slab};
 
 /// Kinds of I/O.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]

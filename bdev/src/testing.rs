@@ -6,63 +6,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::{open_channel, Bdev, Channel, IoRequest, IoStatus, IoType, IoVec, QueueFull};
-
-/// A zeroed heap buffer aligned to 4096 bytes (good for O_DIRECT).
-pub struct AlignedBuf {
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: an owned byte allocation with no thread affinity.
-unsafe impl Send for AlignedBuf {}
-
-impl AlignedBuf {
-    /// `len` zeroed bytes (at least 1 byte is allocated).
-    pub fn new(len: usize) -> AlignedBuf {
-        let layout = std::alloc::Layout::from_size_align(len.max(1), 4096).expect("buffer layout");
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        assert!(!ptr.is_null(), "out of memory allocating {len} bytes");
-        AlignedBuf { ptr, len }
-    }
-
-    /// The bytes.
-    pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: `ptr` points to `len` initialised bytes we own.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-
-    /// The bytes, mutably.
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as above, and `&mut self` gives exclusive access.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-
-    /// One iovec over `[off, off + len)`.
-    pub fn iovec(&mut self, off: usize, len: usize) -> IoVec {
-        assert!(off + len <= self.len);
-        IoVec { base: self.ptr.wrapping_add(off), len }
-    }
-
-    /// Length.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        let layout = std::alloc::Layout::from_size_align(self.len.max(1), 4096).expect("buffer layout");
-        // SAFETY: allocated in `new` with this layout, freed once.
-        unsafe { std::alloc::dealloc(self.ptr, layout) }
-    }
-}
+pub use crate::util::AlignedBuf;
+use crate::{open_channel, Bdev, Channel, IoRequest, IoStatus, IoType, QueueFull};
 
 /// Fills `buf` with a pattern that identifies block `lba` and `seed`, so a
 /// read of the wrong block or stale data is detected.

@@ -1,6 +1,6 @@
 //! Fixed-capacity helpers for the hot path: no allocation after creation.
 
-use crate::IoStatus;
+use crate::{IoStatus, IoVec};
 use std::collections::VecDeque;
 
 /// Completions decided at submit time (invalid requests, synchronous
@@ -111,6 +111,62 @@ impl<T> Slab<T> {
     /// Iterates over used slots.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
         self.slots.iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|v| (i as u32, v)))
+    }
+}
+
+/// A zeroed heap buffer aligned to 4096 bytes (good for O_DIRECT).
+pub struct AlignedBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: an owned byte allocation with no thread affinity.
+unsafe impl Send for AlignedBuf {}
+
+impl AlignedBuf {
+    /// `len` zeroed bytes (at least 1 byte is allocated).
+    pub fn new(len: usize) -> AlignedBuf {
+        let layout = std::alloc::Layout::from_size_align(len.max(1), 4096).expect("buffer layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!ptr.is_null(), "out of memory allocating {len} bytes");
+        AlignedBuf { ptr, len }
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` points to `len` initialised bytes we own.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// The bytes, mutably.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and `&mut self` gives exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
+    /// One iovec over `[off, off + len)`.
+    pub fn iovec(&mut self, off: usize, len: usize) -> IoVec {
+        assert!(off + len <= self.len);
+        IoVec { base: self.ptr.wrapping_add(off), len }
+    }
+
+    /// Length.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let layout = std::alloc::Layout::from_size_align(self.len.max(1), 4096).expect("buffer layout");
+        // SAFETY: allocated in `new` with this layout, freed once.
+        unsafe { std::alloc::dealloc(self.ptr, layout) }
     }
 }
 

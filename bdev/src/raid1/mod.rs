@@ -86,7 +86,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::testing::AlignedBuf;
+use crate::AlignedBuf;
 use crate::{
     check_name, format_uuid, open_channel, uuid_from_name, Bdev, BdevChannel, BdevError, BdevInfo, BdevRegistry,
     BdevStats, Capabilities, Channel, IoRequest, IoStatus, QueueFull, MAX_SEGMENTS,

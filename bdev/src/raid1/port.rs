@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use super::sb::SB_BYTES;
 use super::shared::Shared;
 use super::MAX_MEMBERS;
-use crate::testing::AlignedBuf;
+use crate::AlignedBuf;
 use crate::{open_channel, BdevError, Channel, IoRequest, IoStatus, QueueFull};
 
 pub(crate) const KIND_USER: u64 = 1;

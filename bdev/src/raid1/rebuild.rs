@@ -17,7 +17,7 @@ use super::port::{Done, Port, SubmitErr, KIND_COPY};
 use super::sb::{ROLE_IN_SYNC, ROLE_RECOVER_BITMAP, ROLE_RECOVER_FULL};
 use super::shared::{Shared, DIRTY, EXCL, INFLIGHT, ON_DISK, TOUCHED, WAIT};
 use super::MAX_MEMBERS;
-use crate::testing::AlignedBuf;
+use crate::AlignedBuf;
 use crate::IoRequest;
 
 /// Largest copy I/O.
