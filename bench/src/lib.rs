@@ -7,6 +7,7 @@
 //! them).
 
 pub mod bdev;
+pub mod rdma;
 pub mod vhost;
 
 use hdrhistogram::Histogram;
