@@ -375,6 +375,18 @@ impl Target {
         chans.len()
     }
 
+    /// Logs out every channel of every initiator (they may log in again).
+    /// Returns how many channels were told.
+    pub fn logout_all(&self) -> usize {
+        let chans: Vec<(usize, CmToken)> = self.shared.reg().chans.iter().map(|c| (c.reactor, c.token)).collect();
+        for &(r, token) in &chans {
+            let _ = self.reactors.send(r, move || {
+                with_channel(token, |c| c.logout(TLogoutReason::NoReason));
+            });
+        }
+        chans.len()
+    }
+
     /// `srpt_target_delete`: stops listening, logs every channel out
     /// (`SRP_T_LOGOUT` then disconnect), waits until each has drained its
     /// in-flight bdev I/O and released its resources (at most `timeout`),
