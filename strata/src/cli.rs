@@ -231,6 +231,9 @@ fn bench_cmd(mut p: lexopt::Parser) -> Result<i32, CliError> {
     if what == "vhost" {
         return bench_vhost(p);
     }
+    if what == "rdma" {
+        return Ok(crate::cli_rdma::bench_rdma(p));
+    }
     if what != "bdev" {
         return Err(CliError::Usage(format!("bench: unknown benchmark `{what}` (bdev, vhost)")));
     }

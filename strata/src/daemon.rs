@@ -26,6 +26,9 @@ pub struct Daemon {
     pub registry: Arc<BdevRegistry>,
     /// vhost-user-blk controllers, in creation order.
     vhost: Mutex<Vec<vhost::Controller>>,
+    /// SRP targets with the parameters they were created with (for
+    /// `save_config`), in creation order.
+    srpt: Mutex<Vec<(target::Target, Value)>>,
     /// Background pollers owned by a bdev (raid1 rebuild/resync), by bdev
     /// name: set the flag to stop them.
     tasks: Mutex<Vec<(String, Arc<AtomicBool>)>>,
@@ -43,6 +46,7 @@ impl Daemon {
             registry: Arc::new(BdevRegistry::new()),
             vhost: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
+            srpt: Mutex::new(Vec::new()),
             control: Mutex::new(()),
         }
     }
@@ -62,6 +66,17 @@ impl Daemon {
     /// hold (needs the reactors still running).
     pub fn stop_frontends(&self) {
         let _guard = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        let targets: Vec<(target::Target, Value)> = lock(&self.srpt).drain(..).collect();
+        for (t, _) in targets.into_iter().rev() {
+            let name = t.name().to_string();
+            let luns: Vec<String> = t.config().luns.iter().map(|(_, b)| b.clone()).collect();
+            if let Err(e) = t.delete(SRPT_DELETE_TIMEOUT) {
+                tracing::warn!(target_name = %name, error = %e, "SRP target did not stop cleanly");
+            }
+            for b in luns {
+                self.registry.release(&b, &srpt_owner(&name));
+            }
+        }
         let ctrls: Vec<vhost::Controller> = lock(&self.vhost).drain(..).collect();
         for c in ctrls.into_iter().rev() {
             let name = c.name().to_string();
@@ -145,6 +160,9 @@ pub const METHODS: &[(&str, Handler)] = &[
     ("bdev_raid1_remove_member", bdev_raid1_remove_member),
     ("bdev_raid1_fail_member", bdev_raid1_fail_member),
     ("bdev_raid1_get_status", bdev_raid1_get_status),
+    ("srpt_target_create", srpt_target_create),
+    ("srpt_get_sessions", srpt_get_sessions),
+    ("srpt_target_delete", srpt_target_delete),
     ("vhost_blk_create", vhost_blk_create),
     ("vhost_get_controllers", vhost_get_controllers),
     ("vhost_delete_controller", vhost_delete_controller),
@@ -177,6 +195,7 @@ fn save_config(d: &Daemon, p: Value) -> Result<Value, RpcError> {
         .into_iter()
         .map(|(method, params)| json!({ "method": method, "params": params }))
         .chain(lock(&d.vhost).iter().map(|c| json!({ "method": "vhost_blk_create", "params": c.params() })))
+        .chain(lock(&d.srpt).iter().map(|(_, p)| json!({ "method": "srpt_target_create", "params": p })))
         .collect();
     Ok(json!({ "cores": d.cores, "idle_sleep_us": d.idle_sleep_us, "calls": calls }))
 }
@@ -579,4 +598,100 @@ fn bdev_raid1_fail_member(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
 fn bdev_raid1_get_status(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
     let p: bdev::raid1::NameParams = params(raw)?;
     Ok(bdev::raid1::rpc_get_status(&d.registry, &p)?)
+}
+
+/// How long `srpt_target_delete` waits for sessions to log out.
+const SRPT_DELETE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn srpt_owner(t: &str) -> String {
+    format!("srpt:{t}")
+}
+
+impl From<target::TargetError> for RpcError {
+    fn from(e: target::TargetError) -> Self {
+        match e {
+            target::TargetError::Config(c) => RpcError::param(c.field, c.reason),
+            target::TargetError::Luns(m) => RpcError::param("luns", m),
+            other => RpcError::new(code::FAILED, crate::rpc::error_chain(&other)),
+        }
+    }
+}
+
+fn srpt_target_create(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
+    let p: target::SrptTargetParams = params(raw.clone())?;
+    if lock(&d.srpt).iter().any(|(t, _)| t.name() == p.name) {
+        return Err(RpcError::new(code::EXISTS, format!("SRP target `{}` already exists", p.name)));
+    }
+    // Validate first so that a bad field is reported before bdevs are claimed.
+    p.validate().map_err(|c| RpcError::param(c.field, c.reason))?;
+    let owner = srpt_owner(&p.name);
+    let mut claimed: Vec<String> = Vec::new();
+    let mut luns = Vec::with_capacity(p.luns.len());
+    for l in &p.luns {
+        match d.registry.claim(&l.bdev, &owner) {
+            Ok(b) => {
+                claimed.push(l.bdev.clone());
+                luns.push((l.lun, b));
+            }
+            Err(e) => {
+                for b in &claimed {
+                    d.registry.release(b, &owner);
+                }
+                return Err(RpcError::param("luns", e.to_string()));
+            }
+        }
+    }
+    match target::Target::create(&p, luns, d.reactors.clone()) {
+        Ok(t) => {
+            lock(&d.srpt).push((t, raw));
+            Ok(json!(p.name))
+        }
+        Err(e) => {
+            for b in &claimed {
+                d.registry.release(b, &owner);
+            }
+            Err(e.into())
+        }
+    }
+}
+
+fn srpt_get_sessions(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct P {
+        #[serde(default)]
+        name: Option<String>,
+    }
+    let p: P = params(raw)?;
+    let list = lock(&d.srpt);
+    if let Some(n) = &p.name {
+        if !list.iter().any(|(t, _)| t.name() == n) {
+            return Err(RpcError::new(code::NOT_FOUND, format!("SRP target `{n}` does not exist")));
+        }
+    }
+    Ok(Value::Array(
+        list.iter()
+            .filter(|(t, _)| p.name.as_deref().is_none_or(|n| t.name() == n))
+            .map(|(t, _)| t.sessions_json())
+            .collect(),
+    ))
+}
+
+fn srpt_target_delete(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
+    let p: NameParam = params(raw)?;
+    let (t, _) = {
+        let mut list = lock(&d.srpt);
+        let i = list
+            .iter()
+            .position(|(t, _)| t.name() == p.name)
+            .ok_or_else(|| RpcError::new(code::NOT_FOUND, format!("SRP target `{}` does not exist", p.name)))?;
+        list.remove(i)
+    };
+    let luns: Vec<String> = t.config().luns.iter().map(|(_, b)| b.clone()).collect();
+    let r = t.delete(SRPT_DELETE_TIMEOUT);
+    for b in luns {
+        d.registry.release(&b, &srpt_owner(&p.name));
+    }
+    r?;
+    Ok(json!(true))
 }

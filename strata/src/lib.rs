@@ -3,6 +3,7 @@
 //! over this library, so integration tests drive the same code.
 
 pub mod cli;
+pub mod cli_rdma;
 pub mod config;
 pub mod daemon;
 pub mod rpc;
