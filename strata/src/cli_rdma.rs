@@ -73,7 +73,9 @@ fn run(mut p: lexopt::Parser) -> Result<i32, Failure> {
     let mut json_out = false;
     while let Some(arg) = p.next().map_err(|e| Failure::Usage(e.to_string()))? {
         match arg {
-            Long("test") | Short('t') => test = Some(string(&mut p)?.parse().map_err(|e: String| Failure::Usage(format!("--test: {e}")))?),
+            Long("test") | Short('t') => {
+                test = Some(string(&mut p)?.parse().map_err(|e: String| Failure::Usage(format!("--test: {e}")))?)
+            }
             Long("listen") => listen = Some(addr(&mut p, "listen")?),
             Long("connect") => connect = Some(addr(&mut p, "connect")?),
             Long("provider") => {
@@ -102,10 +104,16 @@ fn run(mut p: lexopt::Parser) -> Result<i32, Failure> {
         (None, Some(c)) => Role::Client(c),
         (Some(l), Some(c)) if l == c => Role::Both(l),
         (Some(_), Some(_)) => {
-            return Err(Failure::Usage("--listen and --connect together (both ends here) must name the same address".into()))
+            return Err(Failure::Usage(
+                "--listen and --connect together (both ends here) must name the same address".into(),
+            ))
         }
-        (None, None) if provider == Provider::Loopback => Role::Both(DEFAULT_LOOPBACK_ADDR.parse().expect("valid address")),
-        (None, None) => return Err(Failure::Usage("give --listen IP:PORT (server) or --connect IP:PORT (client)".into())),
+        (None, None) if provider == Provider::Loopback => {
+            Role::Both(DEFAULT_LOOPBACK_ADDR.parse().expect("valid address"))
+        }
+        (None, None) => {
+            return Err(Failure::Usage("give --listen IP:PORT (server) or --connect IP:PORT (client)".into()))
+        }
     };
     if provider == Provider::Loopback && !matches!(role, Role::Both(_)) {
         return Err(Failure::Usage(

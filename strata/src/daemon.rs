@@ -58,6 +58,11 @@ impl Daemon {
             .find(|(name, _)| *name == method)
             .map(|(_, h)| *h)
             .ok_or_else(|| RpcError::new(code::METHOD_NOT_FOUND, format!("unknown method `{method}`")))?;
+        // Management operations are serialised; read-only queries and the
+        // diagnostic data-path call (which may wait for a slow device) are not.
+        if UNSERIALISED.contains(&method) {
+            return handler(self, params);
+        }
         let _guard = self.control.lock().unwrap_or_else(|e| e.into_inner());
         handler(self, params)
     }
@@ -140,6 +145,9 @@ impl Daemon {
         }
     }
 }
+
+/// Methods that run without the control lock.
+const UNSERIALISED: &[&str] = &["rpc_get_methods", "reactor_get_stats", "bdev_get_bdevs", "bdev_io", "bdev_raid1_get_status"];
 
 /// The method table: name → handler. `rpc_get_methods` lists it.
 pub const METHODS: &[(&str, Handler)] = &[
