@@ -199,12 +199,16 @@ impl Controller {
                 })
             })
             .collect();
-        let mut qcores: Vec<usize> = ctx
+        let mut qcores: Vec<usize> = Vec::new();
+        for c in ctx
             .queue_reactor
             .iter()
             .filter_map(|&r| cores.get(r).copied())
-            .collect();
-        qcores.dedup();
+        {
+            if !qcores.contains(&c) {
+                qcores.push(c);
+            }
+        }
         json!({
             "ctrlr": self.params.name,
             "socket": self.params.socket.display().to_string(),

@@ -10,8 +10,9 @@
 //! # Design
 //!
 //! **Control plane.** The vhost-user protocol is parsed by the `vhost`
-//! crate (`BackendReqHandler`); our [`VhostUserBackendReqHandlerMut`]
-//! implementation (`device.rs`) runs on one control thread per controller.
+//! crate (`BackendReqHandler`); our request handler
+//! implementation (`vhost::vhost_user::VhostUserBackendReqHandlerMut`,
+//! in `device.rs`) runs on one control thread per controller.
 //! We do *not* use `vhost-user-backend`'s `VhostUserDaemon`: its request
 //! handler is private and answers `GET_INFLIGHT_FD` / `SET_INFLIGHT_FD`
 //! with "not supported" (v0.24, `handler.rs`), so in-flight tracking — and
@@ -35,6 +36,16 @@
 //! `needs_notification` says so under EVENT_IDX). Guest kicks are turned
 //! off (`VRING_USED_F_NO_NOTIFY`; with EVENT_IDX `avail_event` is never
 //! advanced) and the avail ring is polled.
+//!
+//! Known costs: `Queue::pop_descriptor_chain` and the descriptor walk
+//! read guest memory through `vm-memory` (a binary search over the
+//! regions per access, volatile copies); the bdev `Channel` keeps its own
+//! slab and statistics per request; the reactor's in-flight counter is a
+//! thread-local updated once per poll.
+//!
+//! One frontend is served at a time: a second connection waits in the
+//! listen backlog until the first closes (QEMU's reconnect relies on
+//! exactly this).
 //!
 //! The queues of one disk are spread over reactors (`cores`, or all
 //! reactors round-robin starting at a rotating offset), unlike SPDK which
@@ -84,7 +95,6 @@ mod tests;
 use std::path::PathBuf;
 
 pub use controller::Controller;
-pub use vhost_user::vhost_user::VhostUserBackendReqHandlerMut;
 
 /// Most queues per controller.
 pub const MAX_QUEUES: usize = 64;

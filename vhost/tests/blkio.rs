@@ -482,3 +482,82 @@ fn create_errors() {
     .is_err());
     assert!(set.shutdown());
 }
+
+/// Smoke benchmark (not a claim): 4 KiB random reads on a null bdev, one
+/// pure-polling reactor, a polling libblkio queue. Run with
+/// `cargo test --release -p vhost --test blkio perf_smoke -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn perf_smoke() {
+    let set = ReactorSet::start(
+        &[0],
+        ReactorOptions {
+            pin: true,
+            idle_sleep_us: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("perf.sock");
+    let bdev: Arc<dyn Bdev> = Arc::new(bdev::null::create("Null0", 1 << 21, 512).unwrap());
+    let params = VhostBlkParams {
+        name: "perf".into(),
+        socket: sock.clone(),
+        bdev: "Null0".into(),
+        num_queues: 1,
+        readonly: false,
+        cores: None,
+    };
+    let ctrl = Controller::create(params, bdev, set.handle()).unwrap();
+    let c = connect(sock.to_str().unwrap(), 0, 1, false).unwrap();
+    let mut q = c.queues.into_iter().next().unwrap();
+    let mut rng = Rng(42);
+    let mut comps: Vec<MaybeUninit<Completion>> = (0..64).map(|_| MaybeUninit::uninit()).collect();
+    for depth in [1usize, 32] {
+        let mut lat = Vec::new();
+        let mut ios = 0u64;
+        let start = std::time::Instant::now();
+        let mut issued: Vec<std::time::Instant> = vec![start; depth];
+        for (k, t) in issued.iter_mut().enumerate() {
+            *t = std::time::Instant::now();
+            q.read(
+                (rng.next() % (1 << 18)) * 4096,
+                (c.mem.addr + k * 4096) as *mut u8,
+                4096,
+                k,
+                ReqFlags::empty(),
+            );
+        }
+        while start.elapsed() < Duration::from_secs(2) {
+            let n = q.do_io(&mut comps, 1, None, None).unwrap();
+            for c2 in &comps[..n] {
+                // SAFETY: do_io initialised the first `n` completions.
+                let c2 = unsafe { c2.assume_init_read() };
+                let k = c2.user_data;
+                lat.push(issued[k].elapsed());
+                ios += 1;
+                issued[k] = std::time::Instant::now();
+                q.read(
+                    (rng.next() % (1 << 18)) * 4096,
+                    (c.mem.addr + k * 4096) as *mut u8,
+                    4096,
+                    k,
+                    ReqFlags::empty(),
+                );
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let _ = q.do_io(&mut comps[..depth], depth, None, None);
+        lat.sort();
+        println!(
+            "depth {depth}: {:.0} IOPS, p50 {:.2} us, p99 {:.2} us",
+            ios as f64 / secs,
+            lat[lat.len() / 2].as_secs_f64() * 1e6,
+            lat[lat.len() * 99 / 100].as_secs_f64() * 1e6
+        );
+    }
+    drop(q);
+    ctrl.delete();
+    set.shutdown();
+}
