@@ -6,6 +6,7 @@
 //! vhost-blk-server --socket PATH (--malloc-mib N | --file PATH)
 //!     [--name vhost0] [--bdev-name Disk0] [--block-size 512]
 //!     [--num-queues 1] [--readonly] [--cores 0,1] [--reactors 0,1]
+//!     [--delay-us N]   (wrap the bdev in a `delay` bdev: N µs per I/O)
 //! ```
 //!
 //! Prints `ready` on stdout once listening; SIGINT/SIGTERM delete the
@@ -22,7 +23,7 @@ fn usage(msg: &str) -> ! {
     eprintln!("vhost-blk-server: {msg}");
     eprintln!(
         "usage: vhost-blk-server --socket PATH (--malloc-mib N | --file PATH) [--name N] [--bdev-name N] \
-         [--block-size B] [--num-queues Q] [--readonly] [--cores a,b] [--reactors a,b]"
+         [--block-size B] [--num-queues Q] [--readonly] [--cores a,b] [--reactors a,b] [--delay-us N]"
     );
     std::process::exit(2)
 }
@@ -57,6 +58,7 @@ fn main() {
     let mut readonly = false;
     let mut cores = None;
     let mut reactors = None;
+    let mut delay_us = 0u64;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || {
@@ -84,23 +86,38 @@ fn main() {
             "--readonly" => readonly = true,
             "--cores" => cores = Some(list(&val())),
             "--reactors" => reactors = Some(list(&val())),
+            "--delay-us" => delay_us = val().parse().unwrap_or_else(|_| usage("bad --delay-us")),
             _ => usage(&format!("unknown argument {a}")),
         }
     }
     let socket = socket.unwrap_or_else(|| usage("--socket is required"));
+    // With --delay-us the delay bdev carries the given name (and so the
+    // serial); its base is "<name>-base".
+    let base_name = if delay_us > 0 {
+        format!("{bdev_name}-base")
+    } else {
+        bdev_name.clone()
+    };
     let bdev: Arc<dyn Bdev> = match (malloc_mib, &file) {
         (Some(mib), None) => {
             let blocks = mib * 1024 * 1024 / block_size as u64;
             Arc::new(
-                bdev::malloc::create(&bdev_name, blocks, block_size)
+                bdev::malloc::create(&base_name, blocks, block_size)
                     .unwrap_or_else(|e| usage(&e.to_string())),
             )
         }
         (None, Some(path)) => Arc::new(
-            bdev::file::create(&bdev_name, path, block_size)
+            bdev::file::create(&base_name, path, block_size)
                 .unwrap_or_else(|e| usage(&e.to_string())),
         ),
         _ => usage("give exactly one of --malloc-mib and --file"),
+    };
+    let bdev: Arc<dyn Bdev> = if delay_us > 0 {
+        let d = bdev::delay::create(&bdev_name, bdev, delay_us, delay_us)
+            .unwrap_or_else(|e| usage(&e.to_string()));
+        Arc::new(d)
+    } else {
+        bdev
     };
     let reactor_cores =
         reactors.unwrap_or_else(|| reactor::allowed_cpus().into_iter().take(2).collect());
