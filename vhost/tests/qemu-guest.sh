@@ -9,15 +9,17 @@
 #              restarted while fio writes; fio finishes and verifies.
 #
 # Usage: vhost/tests/qemu-guest.sh [basic|reconnect|all]   (default all)
-# The server is vhost/examples/vhost-blk-server.rs (to become `strata serve`).
+# The server is the real daemon, `strata serve`, configured with a file bdev
+# (behind a delay bdev, 0 µs for basic, 2 ms for reconnect so that requests
+# are in flight at the kill) exported by vhost_blk_create on two reactors.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 modes=${1:-all}
 [ "$modes" = all ] && modes="basic reconnect"
 
-cargo build -q -p vhost@0.1.0 --example vhost-blk-server
-bin=${CARGO_TARGET_DIR:-$root/target}/debug/examples/vhost-blk-server
+cargo build -q --release -p strata
+bin=${CARGO_TARGET_DIR:-$root/target}/release/strata
 work=$(mktemp -d /tmp/vhost-qemu.XXXXXX)
 results=$root/target/vhost-qemu-results    # not under /tmp: the guest must see it
 server_pid=
@@ -31,14 +33,21 @@ size_mib=64
 queues=2
 serial=strata-disk0
 sock=$work/vhost.sock
+rpc=$work/rpc.sock
 disk=$work/disk.img
 truncate -s ${size_mib}M "$disk"
 
-start_server() { # log file [extra server arguments]
-    "$bin" --socket "$sock" --file "$disk" --bdev-name $serial --num-queues $queues ${2:-} >"$1.out" 2>"$1" &
+start_server() { # log file [per-I/O delay in µs]
+    cat > "$work/strata.json" <<JSON
+{"cores": [0, 1], "idle_sleep_us": 100, "calls": [
+  {"method": "bdev_file_create", "params": {"name": "disk0", "filename": "$disk", "block_size": 512}},
+  {"method": "bdev_delay_create", "params": {"name": "$serial", "base": "disk0", "read_us": ${2:-0}, "write_us": ${2:-0}}},
+  {"method": "vhost_blk_create", "params": {"name": "vhost0", "socket": "$sock", "bdev": "$serial", "num_queues": $queues}}]}
+JSON
+    "$bin" serve --config "$work/strata.json" --rpc-socket "$rpc" >"$1.out" 2>"$1" &
     server_pid=$!
     for _ in $(seq 100); do
-        grep -q ready "$1.out" 2>/dev/null && return 0
+        "$bin" rpc -s "$rpc" vhost_get_controllers >/dev/null 2>&1 && return 0
         kill -0 $server_pid 2>/dev/null || break
         sleep 0.1
     done
@@ -46,16 +55,17 @@ start_server() { # log file [extra server arguments]
 }
 
 stats=
-stop_server() { # log file; sets $stats to the bdev statistics line
+stop_server() { # log file; sets $stats to the bdev statistics (one line of JSON)
     local rc=0
+    stats=$("$bin" rpc -s "$rpc" bdev_get_bdevs "{\"name\": \"$serial\"}" 2>/dev/null | tr -d ' \n' || true)
     kill -TERM "$server_pid" 2>/dev/null || true
     # (the restarted server is not our child: wait for it by polling)
     wait "$server_pid" 2>/dev/null || rc=$?
     while kill -0 "$server_pid" 2>/dev/null; do sleep 0.1; done
     server_pid=
-    stats=$(grep '^stats ' "$1" || true)
     echo "host: server stopped: $stats"
-    [ -n "$stats" ] || { echo "server did not stop cleanly (rc $rc)"; tail -20 "$1"; return 1; }
+    grep -q "stopped cleanly" "$1" || { echo "server did not stop cleanly (rc $rc)"; tail -20 "$1"; return 1; }
+    [ -n "$stats" ] || { echo "no bdev statistics"; return 1; }
 }
 
 vm() { # mode [extra vhost-user-blk options]
@@ -84,14 +94,14 @@ for mode in $modes; do
         ;;
     reconnect)
         # 2 ms per I/O: requests are in flight when the server is killed.
-        start_server "$work/server1.log" "--delay-us 2000"
+        start_server "$work/server1.log" 2000
         (
             for _ in $(seq 1200); do [ -e "$results/fio-started" ] && break; sleep 0.1; done
             sleep 3
             kill -9 "$server_pid"
             echo "host: killed the server (SIGKILL) under fio"
             sleep 1
-            start_server "$work/server2.log" "--delay-us 2000"
+            start_server "$work/server2.log" 2000
             echo $server_pid > "$work/server2.pid"
             touch "$results/restarted"
             echo "host: restarted the server"
