@@ -6,7 +6,8 @@
 //!   the server answers each message with one of the same size; the client
 //!   records one sample per iteration, the round trip halved (as
 //!   `ib_send_lat` reports it), from the post of its SEND to the poll of the
-//!   answer's RECV completion.
+//!   answer's RECV completion, read from the TSC (like perftest's cycle
+//!   counter) and scaled by the monotonic clock over the whole run.
 //! - [`Test::WriteBw`] / [`Test::ReadBw`]: the client posts RDMA WRITEs /
 //!   READs of `size` bytes to (from) a buffer the server registered, keeping
 //!   `tx_depth` in flight and asking for a completion every `cq_mod` work
@@ -480,32 +481,38 @@ fn caps(tx_depth: usize) -> QpCaps {
 
 /// Polls `cq` for one batch, failing on error completions; counts empty polls
 /// and checks the deadline now and then.
+///
+/// The clock is read only after every 4096 empty polls in a row (the first
+/// such read starts the idle time): the hot path reads no clock (on a TCG
+/// guest `clock_gettime` is a system call and an emulated HPET read).
 struct Poller {
     wc: [Completion; 32],
     empty: u32,
-    last_progress: Instant,
+    idle_since: Option<Instant>,
     timeout: Duration,
 }
 
 impl Poller {
     fn new(timeout: Duration) -> Poller {
-        Poller { wc: [Completion::EMPTY; 32], empty: 0, last_progress: Instant::now(), timeout }
+        Poller { wc: [Completion::EMPTY; 32], empty: 0, idle_since: None, timeout }
     }
     /// Polls once; returns the completions (all successful).
     #[inline]
     fn poll(&mut self, cq: &mut Cq, what: &'static str) -> Result<&[Completion]> {
         let n = cq.poll(&mut self.wc);
         if n == 0 {
-            self.empty += 1;
-            if self.empty.is_multiple_of(4096) && self.last_progress.elapsed() > self.timeout {
-                return Err(RdmaBenchError::Timeout(self.timeout, what));
+            self.empty = self.empty.wrapping_add(1);
+            if self.empty.is_multiple_of(4096) {
+                match self.idle_since {
+                    None => self.idle_since = Some(Instant::now()),
+                    Some(t) if t.elapsed() > self.timeout => return Err(RdmaBenchError::Timeout(self.timeout, what)),
+                    Some(_) => {}
+                }
             }
             return Ok(&[]);
         }
-        if self.empty >= 4096 {
-            self.last_progress = Instant::now();
-        }
         self.empty = 0;
+        self.idle_since = None;
         for c in &self.wc[..n] {
             if !c.status.is_ok() {
                 return Err(RdmaBenchError::Completion(what, c.status, c.vendor_err));
@@ -513,8 +520,22 @@ impl Poller {
         }
         Ok(&self.wc[..n])
     }
-    fn progress(&mut self) {
-        self.last_progress = Instant::now();
+}
+
+/// A cheap cycle counter for per-iteration samples (the TSC on x86-64, as
+/// perftest's `get_cycles`), converted to time by calibrating it against
+/// [`Instant`] over the whole run; nanoseconds elsewhere.
+#[inline]
+fn ticks() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: RDTSC has no preconditions on x86-64.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
     }
 }
 
@@ -647,6 +668,7 @@ fn wait_disconnect(chan: &mut CmChannel, timeout: Duration) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn serve_pingpong(
     id: &mut CmId,
     cq: &mut Cq,
@@ -675,9 +697,6 @@ fn serve_pingpong(
                 _ if c.wr_id == iters - 1 => last_signaled_done = true,
                 _ => {}
             }
-        }
-        if !wcs.is_empty() {
-            poller.progress();
         }
         for &slot in &repost[..got as usize] {
             let i = received;
@@ -724,10 +743,7 @@ fn client(p: &Params, addr: SocketAddr) -> Result<Report> {
         }
         let d = dev.as_ref().expect("opened above");
         id.create_qp(&d.pd, &d.cq, &d.cq, caps(p.tx_depth)).ctx("create QP")?;
-        let opts = ConnectOptions {
-            initiator_depth: p.tx_depth.min(255) as u8,
-            ..ConnectOptions::default()
-        };
+        let opts = ConnectOptions { initiator_depth: p.tx_depth.min(255) as u8, ..ConnectOptions::default() };
         id.connect_with(&req.encode(), &opts).ctx("connect")?;
         match next_event(&mut chan, deadline, p.timeout, "the server to accept")? {
             CmEventKind::Established { private_data } => break (id, Reply::decode(private_data.as_bytes())),
@@ -808,17 +824,18 @@ fn pingpong(id: &mut CmId, cq: &mut Cq, rbuf: &MrBuf, sbuf: &MrBuf, p: &Params, 
         unsafe { id.post_recv(i as u64, std::slice::from_ref(s)) }.ctx("post RECV")?;
     }
     let ssge = sbuf.sge(0, size as u32).ctx("SGE")?;
+    // Samples are in ticks (see `ticks`), scaled to time at the end.
     let mut hist = new_histogram();
-    let mut min_ns = u64::MAX;
+    let mut min_ticks = u64::MAX;
     let mut poller = Poller::new(p.timeout);
     let sig = lat_signal_every(p.tx_depth);
     let mut last_send_done = false;
-    let t_start = Instant::now();
+    let (t_start, c_start) = (Instant::now(), ticks());
     for i in 0..p.iters {
         let signaled = i % sig == sig - 1 || i + 1 == p.iters;
         let mut wr = SendWr::send(i, std::slice::from_ref(&ssge));
         wr.signaled = signaled;
-        let t0 = Instant::now();
+        let t0 = ticks();
         // SAFETY: `sbuf` outlives the QP and is never written.
         unsafe { id.post_send(&wr) }.ctx("post SEND")?;
         let slot = 'wait: loop {
@@ -835,16 +852,16 @@ fn pingpong(id: &mut CmId, cq: &mut Cq, rbuf: &MrBuf, sbuf: &MrBuf, p: &Params, 
                 break 'wait s;
             }
         };
-        let ns = (t0.elapsed().as_nanos() as u64 / 2).max(1);
-        poller.progress();
-        hist.saturating_record(ns);
-        min_ns = min_ns.min(ns);
+        let one_way = (ticks().wrapping_sub(t0) / 2).max(1);
+        hist.saturating_record(one_way);
+        min_ticks = min_ticks.min(one_way);
         if i + (RECV_DEPTH as u64) < p.iters {
             // SAFETY: as above; the slot's previous RECV has completed.
             unsafe { id.post_recv(slot, std::slice::from_ref(&rsges[slot as usize])) }.ctx("post RECV")?;
         }
     }
-    let secs = t_start.elapsed().as_secs_f64();
+    let (secs, c_end) = (t_start.elapsed().as_secs_f64(), ticks());
+    let us_per_tick = secs * 1e6 / c_end.wrapping_sub(c_start).max(1) as f64;
     // Reap the last signaled SEND before tearing the QP down.
     while !last_send_done {
         for c in poller.poll(cq, "the last SEND's completion")? {
@@ -854,8 +871,15 @@ fn pingpong(id: &mut CmId, cq: &mut Cq, rbuf: &MrBuf, sbuf: &MrBuf, p: &Params, 
         }
     }
     report.seconds = secs;
-    report.latency = Some(Latency::from_histogram(&hist));
-    report.min_us = Some(min_ns as f64 / 1000.0);
+    let us = |t: u64| t as f64 * us_per_tick;
+    report.latency = Some(Latency {
+        mean_us: hist.mean() * us_per_tick,
+        p50_us: us(hist.value_at_quantile(0.50)),
+        p99_us: us(hist.value_at_quantile(0.99)),
+        p999_us: us(hist.value_at_quantile(0.999)),
+        max_us: us(hist.max()),
+    });
+    report.min_us = Some(us(min_ticks));
     Ok(())
 }
 
@@ -892,7 +916,7 @@ fn bandwidth(
             } else {
                 SendWr::write(posted, std::slice::from_ref(sge), raddr, reply.rkey)
             };
-            wr.signaled = (posted + 1) % cq_mod == 0 || posted + 1 == p.iters;
+            wr.signaled = (posted + 1).is_multiple_of(cq_mod) || posted + 1 == p.iters;
             // SAFETY: `buf` outlives the QP (the caller drops the id first);
             // it is never touched by this process, and each in-flight work
             // request of a slot is executed in order by the QP.
@@ -902,7 +926,6 @@ fn bandwidth(
         let wcs = poller.poll(cq, what)?;
         if let Some(c) = wcs.last() {
             completed = completed.max(c.wr_id + 1);
-            poller.progress();
         }
     }
     let secs = t0.elapsed().as_secs_f64().max(1e-9);
