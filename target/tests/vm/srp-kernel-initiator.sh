@@ -11,7 +11,7 @@
 set -u
 cd "$(dirname "$0")/../../.." || exit 125
 ROOT=$PWD
-BIN=$ROOT/target/debug/examples/srpt-server
+BIN=${SRPT_SERVER:-$ROOT/target/debug/examples/srpt-server}
 RES=${VM_RESULTS:-/tmp/srp-results}
 mkdir -p "$RES" /tmp/work
 cd /tmp/work || exit 125
@@ -132,9 +132,12 @@ if want direct_4m_sg255; then
     result direct_4m_sg255 $?
 fi
 
-# 4. ... and again with cmd_sg_entries=1
+# 4. ... and again with cmd_sg_entries=1. Without allow_ext_sg the kernel
+#    initiator itself fails any I/O that needs more than one descriptor
+#    ("Failed to map data (-5)"); with it, the rest of the descriptor table
+#    is fetched by the target with RDMA READ.
 if want direct_4m_sg1; then
-    logout && login "max_sect=131072,cmd_sg_entries=1" && DEV=$(find_disk) && big_io "$DEV" \
+    logout && login "max_sect=131072,cmd_sg_entries=1,allow_ext_sg=1" && DEV=$(find_disk) && big_io "$DEV" \
         && fio_ok direct4m-1 --filename="$DEV" --rw=randwrite --bs=4m --iodepth=4 --size=256m --verify=crc32c --do_verify=1
     result direct_4m_sg1 $?
 fi
@@ -143,6 +146,9 @@ fi
 if want ext4; then
     (
         set -e
+        logout
+        login "max_sect=131072,cmd_sg_entries=255"
+        DEV=$(find_disk)
         mkdir -p /tmp/mnt
         timeout 120 mkfs.ext4 -q -F "$DEV"
         timeout 60 mount "$DEV" /tmp/mnt
