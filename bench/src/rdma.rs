@@ -136,7 +136,8 @@ pub struct Params {
     pub size: usize,
     /// Iterations (messages, or ping-pongs for `send_lat`).
     pub iters: u64,
-    /// Work requests in flight (bandwidth tests); send queue depth.
+    /// Work requests in flight (bandwidth tests); send queue depth (`send_lat`
+    /// has one SEND in flight and signals each, like `ib_send_lat`).
     pub tx_depth: usize,
     /// Ask for a completion every this many work requests (bandwidth tests;
     /// 0: `min(tx_depth, 64)`).
@@ -298,14 +299,6 @@ pub const MAX_TX_DEPTH: usize = 8192;
 pub const MAX_BUFFER_BYTES: usize = 64 << 20;
 /// RECVs kept posted for `send_lat`.
 const RECV_DEPTH: usize = 16;
-/// `send_lat`: at most one signaled SEND every this many.
-const LAT_SIGNAL_EVERY: u64 = 32;
-
-/// `send_lat` signals a SEND every `min(32, tx_depth / 2)` (at least 1), so
-/// that unsignaled SENDs never fill the `tx_depth + 1` send queue.
-fn lat_signal_every(tx_depth: usize) -> u64 {
-    (tx_depth as u64 / 2).clamp(1, LAT_SIGNAL_EVERY)
-}
 
 const REQ_MAGIC: &[u8; 4] = b"SBR1";
 const REP_MAGIC: &[u8; 4] = b"SBA1";
@@ -605,7 +598,7 @@ fn serve(p: &Params, addr: SocketAddr) -> Result<Report> {
             id.accept(&[]).ctx("accept")?;
             wait_established(&mut chan, p.timeout)?;
             let t0 = Instant::now();
-            let r = serve_pingpong(&mut id, &mut dev.cq, &rsges, &sbuf, size, req.iters, tx_depth, p.timeout);
+            let r = serve_pingpong(&mut id, &mut dev.cq, &rsges, &sbuf, size, req.iters, p.timeout);
             let secs = t0.elapsed().as_secs_f64();
             if r.is_ok() {
                 wait_disconnect(&mut chan, p.timeout);
@@ -668,7 +661,6 @@ fn wait_disconnect(chan: &mut CmChannel, timeout: Duration) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn serve_pingpong(
     id: &mut CmId,
     cq: &mut Cq,
@@ -676,11 +668,9 @@ fn serve_pingpong(
     sbuf: &MrBuf,
     size: usize,
     iters: u64,
-    tx_depth: usize,
     timeout: Duration,
 ) -> Result<()> {
     let ssge = sbuf.sge(0, size as u32).ctx("SGE")?;
-    let sig = lat_signal_every(tx_depth);
     let mut poller = Poller::new(timeout);
     let mut received = 0u64;
     let mut last_signaled_done = false;
@@ -706,9 +696,8 @@ fn serve_pingpong(
                 // (the caller drops the id first) and is never read here.
                 unsafe { id.post_recv(slot, std::slice::from_ref(&rsges[slot as usize])) }.ctx("post RECV")?;
             }
-            let signaled = i % sig == sig - 1 || i + 1 == iters;
-            let mut wr = SendWr::send(i, std::slice::from_ref(&ssge));
-            wr.signaled = signaled;
+            // Every SEND signaled, as ib_send_lat (TX depth 1) does.
+            let wr = SendWr::send(i, std::slice::from_ref(&ssge));
             // SAFETY: `sbuf` outlives the QP and is never written.
             unsafe { id.post_send(&wr) }.ctx("post SEND")?;
         }
@@ -828,13 +817,12 @@ fn pingpong(id: &mut CmId, cq: &mut Cq, rbuf: &MrBuf, sbuf: &MrBuf, p: &Params, 
     let mut hist = new_histogram();
     let mut min_ticks = u64::MAX;
     let mut poller = Poller::new(p.timeout);
-    let sig = lat_signal_every(p.tx_depth);
     let mut last_send_done = false;
     let (t_start, c_start) = (Instant::now(), ticks());
     for i in 0..p.iters {
-        let signaled = i % sig == sig - 1 || i + 1 == p.iters;
-        let mut wr = SendWr::send(i, std::slice::from_ref(&ssge));
-        wr.signaled = signaled;
+        // Every SEND signaled, as ib_send_lat (TX depth 1) does; their
+        // completions are reaped while waiting for the answer.
+        let wr = SendWr::send(i, std::slice::from_ref(&ssge));
         let t0 = ticks();
         // SAFETY: `sbuf` outlives the QP and is never written.
         unsafe { id.post_send(&wr) }.ctx("post SEND")?;
