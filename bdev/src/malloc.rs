@@ -4,7 +4,7 @@ use std::any::Any;
 use std::sync::Arc;
 
 use crate::{
-    check_geometry, check_name, uuid_from_name, validate, Bdev, BdevChannel, BdevError, BdevInfo, BdevStats,
+    check_geometry, check_name, uuid_from_name, Bdev, BdevChannel, BdevError, BdevInfo, BdevStats,
     Capabilities, CompletionQueue, IoRequest, IoStatus, IoType, QueueFull, DEFAULT_QUEUE_DEPTH, MAX_SEGMENTS,
 };
 
@@ -99,46 +99,39 @@ struct MallocChannel {
 
 impl BdevChannel for MallocChannel {
     unsafe fn submit(&mut self, req: &IoRequest<'_>, tag: u64) -> Result<(), QueueFull> {
-        if self.cq.len() >= self.info.queue_depth {
-            return Err(QueueFull);
-        }
-        let status = match validate(&self.info, req) {
-            Err(st) => st,
-            Ok(()) => {
-                let bs = self.info.block_size as usize;
-                // In range: validate() checked offset + num_blocks <= num_blocks.
-                let mut off = req.offset_blocks as usize * bs;
-                match req.io_type {
-                    IoType::Read | IoType::Write => {
-                        for v in req.iovs {
-                            // SAFETY: `off + v.len` stays within the
-                            // allocation because the iovec lengths sum to
-                            // num_blocks * bs (validate); the iovec memory is
-                            // lent to us by the submit contract; the two
-                            // ranges belong to different allocations.
-                            unsafe {
-                                let disk = self.mem.ptr.add(off);
-                                if req.io_type == IoType::Read {
-                                    std::ptr::copy_nonoverlapping(disk, v.base, v.len);
-                                } else {
-                                    std::ptr::copy_nonoverlapping(v.base, disk, v.len);
-                                }
+        let bs = self.info.block_size as usize;
+        let mem = self.mem.ptr;
+        self.cq.submit_sync(&self.info, req, tag, || {
+            // In range: validate() checked offset + num_blocks <= num_blocks.
+            let mut off = req.offset_blocks as usize * bs;
+            match req.io_type {
+                IoType::Read | IoType::Write => {
+                    for v in req.iovs {
+                        // SAFETY: `off + v.len` stays within the allocation
+                        // because the iovec lengths sum to num_blocks * bs
+                        // (validate); the iovec memory is lent to us by the
+                        // submit contract; the two ranges belong to
+                        // different allocations.
+                        unsafe {
+                            let disk = mem.add(off);
+                            if req.io_type == IoType::Read {
+                                std::ptr::copy_nonoverlapping(disk, v.base, v.len);
+                            } else {
+                                std::ptr::copy_nonoverlapping(v.base, disk, v.len);
                             }
-                            off += v.len;
                         }
+                        off += v.len;
                     }
-                    IoType::Unmap | IoType::WriteZeroes => {
-                        let len = req.num_blocks as usize * bs;
-                        // SAFETY: range checked by validate() as above.
-                        unsafe { std::ptr::write_bytes(self.mem.ptr.add(off), 0, len) };
-                    }
-                    IoType::Flush | IoType::Reset => {}
                 }
-                IoStatus::Success
+                IoType::Unmap | IoType::WriteZeroes => {
+                    let len = req.num_blocks as usize * bs;
+                    // SAFETY: range checked by validate() as above.
+                    unsafe { std::ptr::write_bytes(mem.add(off), 0, len) };
+                }
+                IoType::Flush | IoType::Reset => {}
             }
-        };
-        self.cq.push(tag, status);
-        Ok(())
+            IoStatus::Success
+        })
     }
 
     fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {

@@ -9,7 +9,7 @@
 use std::any::Any;
 
 use crate::{
-    check_geometry, check_name, uuid_from_name, validate, Bdev, BdevChannel, BdevError, BdevInfo, BdevStats,
+    check_geometry, check_name, uuid_from_name, Bdev, BdevChannel, BdevError, BdevInfo, BdevStats,
     Capabilities, CompletionQueue, IoRequest, IoStatus, IoType, QueueFull, DEFAULT_QUEUE_DEPTH, MAX_SEGMENTS,
 };
 
@@ -77,25 +77,18 @@ struct NullChannel {
 
 impl BdevChannel for NullChannel {
     unsafe fn submit(&mut self, req: &IoRequest<'_>, tag: u64) -> Result<(), QueueFull> {
-        if self.cq.len() >= self.info.queue_depth {
-            return Err(QueueFull);
-        }
-        let status = match validate(&self.info, req) {
-            Err(st) => st,
-            Ok(()) => {
-                if req.io_type == IoType::Read && self.zero_reads {
-                    for v in req.iovs {
-                        // SAFETY: the submitter lends us `v` exclusively until
-                        // completion (the `submit` contract) and validate()
-                        // checked it is non-null and non-empty.
-                        unsafe { std::ptr::write_bytes(v.base, 0, v.len) };
-                    }
+        let zero = req.io_type == IoType::Read && self.zero_reads;
+        self.cq.submit_sync(&self.info, req, tag, || {
+            if zero {
+                for v in req.iovs {
+                    // SAFETY: the submitter lends us `v` exclusively until
+                    // completion (the `submit` contract) and validate()
+                    // checked it is non-null and non-empty.
+                    unsafe { std::ptr::write_bytes(v.base, 0, v.len) };
                 }
-                IoStatus::Success
             }
-        };
-        self.cq.push(tag, status);
-        Ok(())
+            IoStatus::Success
+        })
     }
 
     fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {

@@ -32,6 +32,28 @@ impl CompletionQueue {
         self.q.is_empty()
     }
 
+    /// The submit path of a module that completes synchronously: refuses
+    /// when `depth` completions are already queued, validates the request
+    /// against `info`, runs `work` on valid requests, and queues the status
+    /// for the next poll.
+    pub fn submit_sync(
+        &mut self,
+        info: &crate::BdevInfo,
+        req: &crate::IoRequest<'_>,
+        tag: u64,
+        work: impl FnOnce() -> IoStatus,
+    ) -> Result<(), crate::QueueFull> {
+        if self.len() >= info.queue_depth {
+            return Err(crate::QueueFull);
+        }
+        let status = match crate::validate(info, req) {
+            Err(st) => st,
+            Ok(()) => work(),
+        };
+        self.push(tag, status);
+        Ok(())
+    }
+
     /// Reports everything queued now (not what `done` queues meanwhile).
     pub fn drain(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
         let n = self.q.len();

@@ -185,18 +185,12 @@ fn vhost_owner(ctrlr: &str) -> String {
 }
 
 fn rpc_get_methods(_: &Daemon, p: Value) -> Result<Value, RpcError> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct P {}
-    let _: P = params(p)?;
+    let _: NoParams = params(p)?;
     Ok(json!(METHODS.iter().map(|(n, _)| *n).collect::<Vec<_>>()))
 }
 
 fn save_config(d: &Daemon, p: Value) -> Result<Value, RpcError> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct P {}
-    let _: P = params(p)?;
+    let _: NoParams = params(p)?;
     let calls: Vec<Value> = d
         .registry
         .creation_calls()
@@ -209,10 +203,7 @@ fn save_config(d: &Daemon, p: Value) -> Result<Value, RpcError> {
 }
 
 fn reactor_get_stats(d: &Daemon, p: Value) -> Result<Value, RpcError> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct P {}
-    let _: P = params(p)?;
+    let _: NoParams = params(p)?;
     let stats: Vec<Value> = d
         .reactors
         .stats()
@@ -259,13 +250,7 @@ pub fn bdev_json(registry: &BdevRegistry, b: &Arc<dyn Bdev>) -> Value {
 }
 
 fn bdev_get_bdevs(d: &Daemon, p: Value) -> Result<Value, RpcError> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct P {
-        #[serde(default)]
-        name: Option<String>,
-    }
-    let p: P = params(p)?;
+    let p: OptName = params(p)?;
     let list = match p.name {
         Some(n) => vec![d.registry.get(&n)?],
         None => d.registry.list(),
@@ -277,6 +262,46 @@ fn bdev_get_bdevs(d: &Daemon, p: Value) -> Result<Value, RpcError> {
 #[serde(deny_unknown_fields)]
 struct NameParam {
     name: String,
+}
+
+/// `{}`: methods without parameters still reject unknown ones.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoParams {}
+
+/// `{"name"?}`: list everything, or the one named.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OptName {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// Describes every object of `list`, or only the one named (not found is
+/// an error naming `what`).
+fn list_named<T>(
+    list: &[T],
+    name: Option<&str>,
+    what: &str,
+    name_of: impl Fn(&T) -> &str,
+    describe: impl Fn(&T) -> Value,
+) -> Result<Value, RpcError> {
+    if let Some(n) = name {
+        if !list.iter().any(|x| name_of(x) == n) {
+            return Err(RpcError::new(code::NOT_FOUND, format!("{what} `{n}` does not exist")));
+        }
+    }
+    Ok(Value::Array(list.iter().filter(|x| name.is_none_or(|n| name_of(x) == n)).map(describe).collect()))
+}
+
+/// Removes the object named `name` from `list`.
+fn take_named<T>(list: &Mutex<Vec<T>>, name: &str, what: &str, name_of: impl Fn(&T) -> &str) -> Result<T, RpcError> {
+    let mut list = lock(list);
+    let i = list
+        .iter()
+        .position(|x| name_of(x) == name)
+        .ok_or_else(|| RpcError::new(code::NOT_FOUND, format!("{what} `{name}` does not exist")))?;
+    Ok(list.remove(i))
 }
 
 fn bdev_delete(d: &Daemon, p: Value) -> Result<Value, RpcError> {
@@ -543,34 +568,13 @@ fn vhost_blk_create(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
 }
 
 fn vhost_get_controllers(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct P {
-        #[serde(default)]
-        name: Option<String>,
-    }
-    let p: P = params(raw)?;
-    let list = lock(&d.vhost);
-    if let Some(n) = &p.name {
-        if !list.iter().any(|c| c.name() == n) {
-            return Err(RpcError::new(code::NOT_FOUND, format!("vhost controller `{n}` does not exist")));
-        }
-    }
-    Ok(Value::Array(
-        list.iter().filter(|c| p.name.as_deref().is_none_or(|n| c.name() == n)).map(|c| c.info()).collect(),
-    ))
+    let p: OptName = params(raw)?;
+    list_named(&lock(&d.vhost), p.name.as_deref(), "vhost controller", |c| c.name(), |c| c.info())
 }
 
 fn vhost_delete_controller(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
     let p: NameParam = params(raw)?;
-    let c = {
-        let mut list = lock(&d.vhost);
-        let i = list
-            .iter()
-            .position(|c| c.name() == p.name)
-            .ok_or_else(|| RpcError::new(code::NOT_FOUND, format!("vhost controller `{}` does not exist", p.name)))?;
-        list.remove(i)
-    };
+    let c = take_named(&d.vhost, &p.name, "vhost controller", |c| c.name())?;
     let bdev = c.params().bdev.clone();
     c.delete();
     d.registry.release(&bdev, &vhost_owner(&p.name));
@@ -664,37 +668,13 @@ fn srpt_target_create(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
 }
 
 fn srpt_get_sessions(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct P {
-        #[serde(default)]
-        name: Option<String>,
-    }
-    let p: P = params(raw)?;
-    let list = lock(&d.srpt);
-    if let Some(n) = &p.name {
-        if !list.iter().any(|(t, _)| t.name() == n) {
-            return Err(RpcError::new(code::NOT_FOUND, format!("SRP target `{n}` does not exist")));
-        }
-    }
-    Ok(Value::Array(
-        list.iter()
-            .filter(|(t, _)| p.name.as_deref().is_none_or(|n| t.name() == n))
-            .map(|(t, _)| t.sessions_json())
-            .collect(),
-    ))
+    let p: OptName = params(raw)?;
+    list_named(&lock(&d.srpt), p.name.as_deref(), "SRP target", |(t, _)| t.name(), |(t, _)| t.sessions_json())
 }
 
 fn srpt_target_delete(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
     let p: NameParam = params(raw)?;
-    let (t, _) = {
-        let mut list = lock(&d.srpt);
-        let i = list
-            .iter()
-            .position(|(t, _)| t.name() == p.name)
-            .ok_or_else(|| RpcError::new(code::NOT_FOUND, format!("SRP target `{}` does not exist", p.name)))?;
-        list.remove(i)
-    };
+    let (t, _) = take_named(&d.srpt, &p.name, "SRP target", |(t, _)| t.name())?;
     let luns: Vec<String> = t.config().luns.iter().map(|(_, b)| b.clone()).collect();
     let r = t.delete(SRPT_DELETE_TIMEOUT);
     for b in luns {
