@@ -13,7 +13,7 @@
 //! command: `logout` (log every session out: `SRP_T_LOGOUT` + disconnect;
 //! initiators may log in again) or `sessions` (print `srpt_get_sessions`).
 //!
-//! Prints one JSON line per LUN (`{"lun":0,"bdev":...,"serial":...,"naa":...,"bytes":...}`),
+//! Prints one JSON line per LUN (`{"lun":0,"bdev":...,"serial":...,"eui":...,"bytes":...}`),
 //! then `READY`; runs until SIGINT/SIGTERM, then deletes the target (logging
 //! every session out) and stops.
 
@@ -131,7 +131,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 "bdev": b.info().name,
                 "bytes": b.info().size_bytes(),
                 "serial": t.lun_serial(*l),
-                "naa": t.lun_designator(*l),
+                "eui": t.lun_designator(*l),
             })
         );
     }

@@ -193,8 +193,11 @@ pub struct Target {
 }
 
 /// Builds the SCSI description of a bdev-backed LUN: serial = the bdev's
-/// UUID as 32 hex digits, device id (VPD 0x83, NAA locally assigned) =
-/// the UUID folded to 64 bits, capabilities from the bdev.
+/// UUID as 32 hex digits, device id (VPD 0x83) = the UUID folded to 64 bits
+/// as an EUI-64 designator (Linux ranks EUI-64 above the T10 vendor id
+/// designator, so the disk's `wwid` becomes `eui.<16 hex digits>`; an NAA
+/// "locally assigned" designator ties with T10 and loses), capabilities from
+/// the bdev.
 pub fn lun_config(bdev: &dyn Bdev) -> scsi::LunConfig {
     let info = bdev.info();
     let serial: String = info.uuid.iter().map(|b| format!("{b:02x}")).collect();
@@ -212,7 +215,7 @@ pub fn lun_config(bdev: &dyn Bdev) -> scsi::LunConfig {
         revision: "0001".into(),
         serial,
         id,
-        designator: scsi::DesignatorKind::NaaLocal,
+        designator: scsi::DesignatorKind::Eui64,
         caps: scsi::Capabilities {
             unmap: info.caps.unmap,
             unmap_reads_zero: info.caps.unmap_reads_zeroes,
@@ -307,7 +310,8 @@ impl Target {
         self.shared.luns.iter().find(|l| l.lun == lun).map(|l| l.scsi.info().serial().to_string())
     }
 
-    /// The 8-byte VPD page 0x83 designator of `lun`, as 16 hex digits.
+    /// The 8-byte VPD page 0x83 designator (EUI-64) of `lun`, as 16 hex
+    /// digits: Linux shows it as `wwid` = `eui.<this>`.
     pub fn lun_designator(&self, lun: u16) -> Option<String> {
         self.shared
             .luns

@@ -99,7 +99,7 @@ server_up || { echo "STEP server: FAIL"; exit 1; }
 grep '"lun":0' "$RES/server.out"
 SIZE=$(sed -n 's/.*"bytes":\([0-9]*\).*"lun":0.*/\1/p' "$RES/server.out")
 SERIAL=$(sed -n 's/.*"lun":0.*"serial":"\([0-9a-f]*\)".*/\1/p' "$RES/server.out")
-NAA=$(sed -n 's/.*"naa":"\([0-9a-f]*\)".*"lun":0.*/\1/p; s/.*"lun":0.*"naa":"\([0-9a-f]*\)".*/\1/p' "$RES/server.out" | head -1)
+EUI=$(sed -n 's/.*"eui":"\([0-9a-f]*\)".*"lun":0.*/\1/p; s/.*"lun":0.*"eui":"\([0-9a-f]*\)".*/\1/p' "$RES/server.out" | head -1)
 
 # 1. login, the disk appears with the right capacity, serial and device id
 login "max_sect=131072,cmd_sg_entries=255"; rc=$?
@@ -115,8 +115,8 @@ got=$(blockdev --getsize64 "$DEV"); log "capacity $got, want $SIZE"
 S=/sys/block/${DEV##*/}/device
 { grep -aq "$SERIAL" $S/vpd_pg80 || sg_inq -p 0x80 "$DEV" | grep -q "$SERIAL"; }; rc=$?
 log "serial: $(sg_inq -p 0x80 "$DEV" 2>/dev/null | tail -1) want $SERIAL"; result serial $rc
-log "wwid: $(cat $S/wwid 2>/dev/null) want naa.$NAA"
-grep -q "naa.$NAA" $S/wwid 2>/dev/null || sg_inq -p 0x83 "$DEV" | grep -qi "$NAA"; result device_id $?
+log "wwid: $(cat $S/wwid 2>/dev/null) want eui.$EUI"
+grep -q "eui.$EUI" $S/wwid 2>/dev/null; result device_id $?
 
 # 2. fio verify: random writes, then reads
 if want fio_verify; then
