@@ -13,9 +13,10 @@
 #
 # or on any machine with an RDMA device (DEV=..., ADDR=<an IP of it>).
 # Environment (defaults): ROUNDS (3, or $1), DEV (rxe0), ADDR (10.0.2.15),
-# LAT_SIZE (2) LAT_ITERS (300), BW_SIZE (65536) BW_ITERS (500), TX_DEPTH (128),
+# LAT_SIZE (2) LAT_ITERS (300), BW_SIZE (65536) BW_ITERS (200), TX_DEPTH (128),
 # CQ_MOD (100, perftest's default), SERVER_CPU (0), CLIENT_CPU (1),
 # STRATA (target/release/strata), TESTS ("send_lat write_bw read_bw").
+# LOGDIR (unset): keep every run's client output there.
 # perftest's "MB/sec" is 2^20 bytes/s, compared with strata's MiB/s.
 # Under TCG (the CI guest) absolute figures mean little: compare ratios.
 set -euo pipefail
@@ -27,7 +28,7 @@ addr=${ADDR:-10.0.2.15}
 lat_size=${LAT_SIZE:-2}
 lat_iters=${LAT_ITERS:-300}
 bw_size=${BW_SIZE:-65536}
-bw_iters=${BW_ITERS:-500}
+bw_iters=${BW_ITERS:-200}
 tx_depth=${TX_DEPTH:-128}
 cq_mod=${CQ_MOD:-100}
 server_cpu=${SERVER_CPU:-0}
@@ -118,8 +119,10 @@ run_perftest() {
         # bytes iterations t_min t_max t_typical t_avg t_stdev 99% 99.9%
         awk '{print $5, $8}' <<<"$line"
     else
-        # bytes iterations BW_peak BW_average MsgRate
-        awk '{print $4}' <<<"$line"
+        # bytes iterations BW_peak BW_average MsgRate; perftest now and then
+        # reports 0.00 (its own timing glitch): not a measurement.
+        awk '$4 + 0 > 0 {print $4; ok = 1} END {exit !ok}' <<<"$line" \
+            || { echo "$tool reported no bandwidth: $line" >&2; return 1; }
     fi
 }
 
@@ -132,12 +135,21 @@ for r in $(seq "$rounds"); do
     [ $((r % 2)) = 0 ] && order="perftest strata"
     for t in $tests; do
         for tool in $order; do
-            if "run_$tool" "$t" >"$work/out"; then
+            ok=0
+            "run_$tool" "$t" >"$work/out" && ok=1
+            if [ -n "${LOGDIR:-}" ]; then
+                mkdir -p "$LOGDIR"
+                cat "$work"/client.* >"$LOGDIR/round$r-$tool-$t.log" 2>/dev/null || true
+            fi
+            rm -f "$work"/client.*
+            if [ $ok = 1 ]; then
                 out=$(cat "$work/out")
                 echo "$tool $t $out" >>"$work/rounds.txt"
                 printf 'round %d %-8s %-8s %s\n' "$r" "$tool" "$t" "$out"
             else
-                failures=$((failures + 1))
+                # Only strata's failures fail the script; a perftest run that
+                # fails is left out of its medians.
+                [ "$tool" = strata ] && failures=$((failures + 1))
                 printf 'round %d %-8s %-8s FAILED\n' "$r" "$tool" "$t"
             fi
         done
