@@ -34,7 +34,9 @@ usage:
   strata bench vhost --socket PATH [--poll] [--qd N] [--bs BYTES] [--rw randread|randwrite] [--time SECS] [--json]
       Drive any vhost-user-blk server through libblkio (one client thread;
       --poll: a polling queue, otherwise event-driven).
+";
 
+const USAGE_FOOTER: &str = "
 The RPC socket defaults to $STRATA_RPC_SOCKET or /var/tmp/strata.sock.
 ";
 
@@ -63,7 +65,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let sub = match p.next() {
         Ok(Some(Value_(v))) => v,
         Ok(Some(Long("help")) | Some(Short('h'))) | Ok(None) => {
-            print!("{USAGE}");
+            print!("{USAGE}{}{USAGE_FOOTER}", crate::cli_rdma::USAGE);
             return 0;
         }
         Ok(Some(Long("version"))) => {
@@ -226,7 +228,7 @@ fn rpc_cmd(mut p: lexopt::Parser) -> Result<i32, CliError> {
 fn bench_cmd(mut p: lexopt::Parser) -> Result<i32, CliError> {
     let what = match p.next()? {
         Some(Value_(v)) => v.to_string_lossy().into_owned(),
-        _ => return Err(CliError::Usage("bench: expected `bdev` or `vhost`".into())),
+        _ => return Err(CliError::Usage("bench: expected `bdev`, `vhost` or `rdma`".into())),
     };
     if what == "vhost" {
         return bench_vhost(p);
@@ -235,7 +237,7 @@ fn bench_cmd(mut p: lexopt::Parser) -> Result<i32, CliError> {
         return Ok(crate::cli_rdma::bench_rdma(p));
     }
     if what != "bdev" {
-        return Err(CliError::Usage(format!("bench: unknown benchmark `{what}` (bdev, vhost)")));
+        return Err(CliError::Usage(format!("bench: unknown benchmark `{what}` (bdev, vhost, rdma)")));
     }
     let mut config_path: Option<String> = None;
     let mut bdev_name: Option<String> = None;
