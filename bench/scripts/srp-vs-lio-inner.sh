@@ -234,7 +234,7 @@ run_strata() { # ROUND
     log "strata: $DEV ($(blockdev --getsize64 "$DEV") bytes)"
     bench strata "$1" || die "strata: fio failed"
     timeout 30 "$STRATA" rpc --socket "$SOCK" reactor_get_stats > "$RES/strata-r$1-reactors.json" 2>&1
-    log "strata reactors: $(jq -c '[.[] | {core, busy_polls, idle_polls}]' "$RES/strata-r$1-reactors.json" 2>/dev/null | cut -c1-300)"
+    log "strata reactors: $(jq -c '[.reactors[] | {core, busy_polls, idle_polls}]' "$RES/strata-r$1-reactors.json" 2>/dev/null | cut -c1-300)"
     logout || die "strata: logout did not complete"
     stop_strata || log "strata exited with rc $? after SIGTERM"
     grep -iE " (WARN|ERROR) " "$RES/strata.log" | tail -5
