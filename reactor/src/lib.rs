@@ -101,8 +101,9 @@ pub enum ReactorError {
 pub struct ReactorOptions {
     /// Capacity of each message ring.
     pub ring_capacity: usize,
-    /// If non-zero, a reactor that has been idle for 1024 consecutive loops
-    /// sleeps this many microseconds before polling again. Zero (the
+    /// If non-zero, a reactor that has been idle for at least
+    /// `max(idle_sleep_us, 50)` µs sleeps this many microseconds between
+    /// loops until it has work again. Zero (the
     /// default) is pure polling, as SPDK does; a positive value trades
     /// latency for CPU on shared machines (CI, laptops).
     pub idle_sleep_us: u64,
@@ -643,7 +644,9 @@ fn run_reactor(index: usize, shared: Arc<Shared>) {
     let stats = &shared.stats[index];
     let n = shared.cores.len();
     let mut pollers: Vec<PollerEntry> = Vec::new();
-    let mut idle_loops: u64 = 0;
+    // Start of the current run of idle loops (for napping).
+    let mut idle_since: Option<Instant> = None;
+    let nap_after = Duration::from_micros(shared.idle_sleep_us.max(50));
     let mut loops: u64 = 0;
     let mut busy_polls: u64 = 0;
     let mut idle_polls: u64 = 0;
@@ -750,10 +753,13 @@ fn run_reactor(index: usize, shared: Arc<Shared>) {
             stats.quiescent.store(quiet, Ordering::Release);
         }
         if busy {
-            idle_loops = 0;
-        } else {
-            idle_loops += 1;
-            if shared.idle_sleep_us > 0 && idle_loops >= 1024 {
+            idle_since = None;
+        } else if shared.idle_sleep_us > 0 {
+            // Nap once idle for a while, by time rather than by loop count:
+            // with slow pollers (a syscall per loop) a count is never reached.
+            let now = Instant::now();
+            let since = *idle_since.get_or_insert(now);
+            if now.duration_since(since) >= nap_after {
                 std::thread::sleep(Duration::from_micros(shared.idle_sleep_us));
             }
         }
