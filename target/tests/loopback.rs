@@ -378,6 +378,24 @@ fn abort_task_and_lun_reset() {
     assert_eq!(i.req_lim, 32, "every credit came back");
     // The LUN works afterwards.
     assert!(i.write(0, 8, &pattern(512, 5), 0).good());
+    // ABORT TASK SET: the same for this I_T_L nexus.
+    let mut victims = Vec::new();
+    for k in 0..4u64 {
+        let d = i.desc(k as usize * 512, 512);
+        victims.push(i.send_cmd(0, &cdb_rw16(true, 100 + k, 1), DataDesc::Direct(d), DataDesc::None));
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    let t = tmf(&mut i, 0, TaskMgmtFunction::AbortTaskSet, 0);
+    let r = i.wait(t);
+    assert_eq!(r.tmf_code(), Some(srp::tsk_mgmt_rsp::COMPLETE));
+    assert_eq!(r.delta, 5, "four aborted commands and the TMF");
+    for v in victims {
+        assert!(i.try_wait(v, Duration::from_millis(1)).is_none());
+    }
+    assert_eq!(i.req_lim, 32);
+    // LUN RESET of a LUN that does not exist: FUNCTION FAILED.
+    let t = tmf(&mut i, 9, TaskMgmtFunction::LunReset, 0);
+    assert_eq!(i.wait(t).tmf_code(), Some(srp::tsk_mgmt_rsp::FAILED));
     // CLEAR ACA is not supported.
     let t = tmf(&mut i, 0, TaskMgmtFunction::ClearAca, 0);
     assert_eq!(i.wait(t).tmf_code(), Some(srp::tsk_mgmt_rsp::NOT_SUPPORTED));

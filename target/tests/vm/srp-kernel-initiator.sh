@@ -5,6 +5,15 @@
 #   cargo build -p target --example srpt-server
 #   ci/vm/run --timeout 900 -- target/tests/vm/srp-kernel-initiator.sh
 #
+# SRPT_SERVER=path overrides the server binary. With the shared `rdma` crate
+# as of this writing, every write larger than the 8 KiB of immediate data
+# stalls: its verbs `accept` swaps the connect request's responder_resources
+# and initiator_depth (the kernel CM already reports them from the acceptor's
+# side), so against ib_srp (responder_resources 4, initiator_depth 0) the
+# target's QP gets max_rd_atomic = 0 and rxe never issues its RDMA READs.
+# tests/vm/logs/ has a run with that one line fixed (all steps pass) and one
+# without.
+#
 # Every step is bounded by `timeout`; each prints "STEP <name>: PASS|FAIL";
 # the script exits non-zero if any step failed. Set STEPS="a b c" to run a
 # subset (login and capacity are always run first).
