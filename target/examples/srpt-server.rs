@@ -82,7 +82,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             }
             Long("provider") => provider = p.value()?.string()?,
             Long("cores") => {
-                cores = p.value()?.string()?.split(',').map(|c| c.parse()).collect::<Result<_, _>>()?;
+                cores = p
+                    .value()?
+                    .string()?
+                    .split(',')
+                    .map(|c| c.parse())
+                    .collect::<Result<_, _>>()?;
             }
             Long("queue-depth") => queue_depth = Some(p.value()?.parse()?),
             Long("idle-sleep-us") => idle_sleep_us = p.value()?.parse()?,
@@ -99,12 +104,20 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     let reactors = reactor::ReactorSet::start(
         &cores,
-        reactor::ReactorOptions { idle_sleep_us, drain_timeout: Duration::from_secs(10), ..Default::default() },
+        reactor::ReactorOptions {
+            idle_sleep_us,
+            drain_timeout: Duration::from_secs(10),
+            ..Default::default()
+        },
     )?;
     let mut luns: Vec<(u16, Arc<dyn Bdev>)> = Vec::new();
     for (k, (path, mib, bs)) in disks.into_iter().enumerate() {
         let b: Arc<dyn Bdev> = match path {
-            None => Arc::new(bdev::malloc::create(&format!("Malloc{k}"), mib * (1 << 20) / u64::from(bs), bs)?),
+            None => Arc::new(bdev::malloc::create(
+                &format!("Malloc{k}"),
+                mib * (1 << 20) / u64::from(bs),
+                bs,
+            )?),
             Some(p) => Arc::new(bdev::file::create(&format!("File{k}"), &p, bs)?),
         };
         luns.push((k as u16, b));
@@ -116,7 +129,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         ioc_guid,
         luns: luns
             .iter()
-            .map(|(l, b)| target::LunParams { lun: *l, bdev: b.info().name.clone() })
+            .map(|(l, b)| target::LunParams {
+                lun: *l,
+                bdev: b.info().name.clone(),
+            })
             .collect(),
         acl,
         provider: Some(provider),
@@ -145,7 +161,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
         let t = Arc::clone(&t);
         std::thread::spawn(move || loop {
-            let Ok(text) = std::fs::read_to_string(&path) else { return };
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                return;
+            };
             for line in text.lines() {
                 let g = t.lock().unwrap_or_else(|e| e.into_inner());
                 let Some(t) = g.as_ref() else { return };

@@ -39,8 +39,8 @@ use bdev::{IoRequest, IoStatus, IoVec};
 use rdma::{CmId, CmToken, Completion, Cq, MrBuf, Pd, QpCaps, SendWr, Sge, WcStatus};
 use scsi::{BlockFailure, BlockOp, Direction, Outcome, Sense, SenseKey};
 use srp::{
-    tsk_mgmt_rsp, DataDesc, DescList, DirectBuf, Encode, LoginReq, Opcode, RspFlags, SrpCmd, SrpRsp, TLogout,
-    TLogoutReason, TaskMgmtFunction, TskMgmt,
+    tsk_mgmt_rsp, DataDesc, DescList, DirectBuf, Encode, LoginReq, Opcode, RspFlags, SrpCmd,
+    SrpRsp, TLogout, TLogoutReason, TaskMgmtFunction, TskMgmt,
 };
 
 use crate::pool::{BufPool, Run, PAGE};
@@ -125,14 +125,29 @@ enum Job {
     None,
     /// A non-block command's data-in: re-executed into the window.
     DataIn,
-    Read { lba: u64, fua: bool },
-    Write { lba: u64, fua: bool },
+    Read {
+        lba: u64,
+        fua: bool,
+    },
+    Write {
+        lba: u64,
+        fua: bool,
+    },
     Flush,
-    WriteZeroes { lba: u64, blocks: u32 },
+    WriteZeroes {
+        lba: u64,
+        blocks: u32,
+    },
     /// WRITE SAME: fetch one block, then zero or replicate.
-    WriteSame { lba: u64, blocks: u32, replicate: bool },
+    WriteSame {
+        lba: u64,
+        blocks: u32,
+        replicate: bool,
+    },
     /// UNMAP: fetch the parameter list, then unmap range `next`, ...
-    Unmap { next: u32 },
+    Unmap {
+        next: u32,
+    },
 }
 
 /// Where the initiator's data is.
@@ -141,11 +156,19 @@ enum DataSrc {
     None,
     Direct(DirectBuf),
     /// The complete table is inline in the IU (data-in or data-out side).
-    Inline { data_in: bool },
+    Inline {
+        data_in: bool,
+    },
     /// The table is in initiator memory (fetched into `Ctx::table`).
-    Table { remote: DirectBuf, count: u32 },
+    Table {
+        remote: DirectBuf,
+        count: u32,
+    },
     /// Immediate data at `off` in the IU.
-    Imm { off: u16, len: u32 },
+    Imm {
+        off: u16,
+        len: u32,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -222,7 +245,14 @@ impl Ctx {
         aborted: false,
         waiter: Waiter::None,
         tmf_pending: 0,
-        rsp: RspInfo { status: 0, sense: None, flags: 0, di_res: 0, do_res: 0, tmf_code: None },
+        rsp: RspInfo {
+            status: 0,
+            sense: None,
+            flags: 0,
+            di_res: 0,
+            do_res: 0,
+            tmf_code: None,
+        },
     };
 
     fn quiescent(&self) -> bool {
@@ -279,7 +309,14 @@ impl Descs<'_> {
                 continue;
             }
             let take = u64::from(avail).min(len - covered) as u32;
-            f(covered, DirectBuf { va: d.va.wrapping_add(u64::from(off)), key: d.key, len: take });
+            f(
+                covered,
+                DirectBuf {
+                    va: d.va.wrapping_add(u64::from(off)),
+                    key: d.key,
+                    len: take,
+                },
+            );
             covered += u64::from(take);
             pieces += 1;
             if take == avail {
@@ -418,7 +455,8 @@ pub(crate) fn setup(
     let _ = rsp.encode(&mut b);
     match c.cm_id.accept(&b) {
         Ok(()) => {
-            info.state.store(ChanState::Connecting as u8, Ordering::Relaxed);
+            info.state
+                .store(ChanState::Connecting as u8, Ordering::Relaxed);
             tracing::info!(
                 target_name = %shared.cfg.name,
                 initiator = %info.initiator_str,
@@ -461,8 +499,14 @@ enum SetupError {
 }
 
 impl Channel {
-    fn create_parts(shared: &TargetShared, id: &mut CmId, p: ChanParams) -> Result<Parts, SetupError> {
-        let name = id.device_name().ok_or(SetupError::Other("the CM id has no device"))?;
+    fn create_parts(
+        shared: &TargetShared,
+        id: &mut CmId,
+        p: ChanParams,
+    ) -> Result<Parts, SetupError> {
+        let name = id
+            .device_name()
+            .ok_or(SetupError::Other("the CM id has no device"))?;
         let dev = rdma::Context::open(shared.cfg.provider, &name)?;
         let pd = Pd::new(&dev)?;
         let attr = dev.query_device()?;
@@ -477,10 +521,18 @@ impl Channel {
             &pd,
             &cq,
             &cq,
-            QpCaps { max_send_wr: want_sq, max_recv_wr: recv_wr, max_send_sge: 1, max_recv_sge: 1, max_inline_data: 0 },
+            QpCaps {
+                max_send_wr: want_sq,
+                max_recv_wr: recv_wr,
+                max_send_sge: 1,
+                max_recv_sge: 1,
+                max_inline_data: 0,
+            },
         )?;
         if caps.max_recv_wr < n {
-            return Err(SetupError::Other("device receive queue shallower than the queue depth"));
+            return Err(SetupError::Other(
+                "device receive queue shallower than the queue depth",
+            ));
         }
         let slot_len = (p.iu_len as usize).div_ceil(64) * 64;
         let recv = MrBuf::new(&pd, n as usize * slot_len)?;
@@ -489,7 +541,10 @@ impl Channel {
         let mut luns = Vec::with_capacity(shared.luns.len());
         for l in &shared.luns {
             let ch = bdev::open_channel(&l.bdev)?;
-            luns.push(ChanLun { buf_align: l.bdev.info().buf_align.max(1), ch });
+            luns.push(ChanLun {
+                buf_align: l.bdev.info().buf_align.max(1),
+                ch,
+            });
         }
         // Post every receive before accepting: the initiator may send at once.
         for slot in 0..n as usize {
@@ -499,12 +554,29 @@ impl Channel {
             // order); nothing else touches a posted slot.
             unsafe { id.post_recv(WR_RECV << 62 | slot as u64, &[sge]) }?;
         }
-        Ok(Parts { dev, pd, cq, recv, send, pool, luns, sq_depth: caps.max_send_wr, slot_len })
+        Ok(Parts {
+            dev,
+            pd,
+            cq,
+            recv,
+            send,
+            pool,
+            luns,
+            sq_depth: caps.max_send_wr,
+            slot_len,
+        })
     }
 
-    fn assemble(parts: Parts, cm_id: CmId, shared: Arc<TargetShared>, info: Arc<ChanInfo>, p: ChanParams) -> Channel {
+    fn assemble(
+        parts: Parts,
+        cm_id: CmId,
+        shared: Arc<TargetShared>,
+        info: Arc<ChanInfo>,
+        p: ChanParams,
+    ) -> Channel {
         let n = p.queue_depth as usize;
-        info.qp_num.store(cm_id.qp_num().unwrap_or(0), Ordering::Relaxed);
+        info.qp_num
+            .store(cm_id.qp_num().unwrap_or(0), Ordering::Relaxed);
         Channel {
             token: info.token,
             cm_id,
@@ -552,7 +624,9 @@ impl Channel {
         }
         self.established = true;
         self.state = ChanState::Live;
-        self.info.state.store(ChanState::Live as u8, Ordering::Relaxed);
+        self.info
+            .state
+            .store(ChanState::Live as u8, Ordering::Relaxed);
         self.drain_early();
     }
 
@@ -574,9 +648,15 @@ impl Channel {
         }
         tracing::info!(initiator = %self.info.initiator_str, ?reason, "SRP target logout");
         self.state = ChanState::Closing;
-        self.info.state.store(ChanState::Closing as u8, Ordering::Relaxed);
+        self.info
+            .state
+            .store(ChanState::Closing as u8, Ordering::Relaxed);
         let off = 2 * self.p.queue_depth as usize * SEND_SLOT;
-        let iu = TLogout { sol_not: 0, reason, tag: 0 };
+        let iu = TLogout {
+            sol_not: 0,
+            reason,
+            tag: 0,
+        };
         // SAFETY: the last send slot is reserved for T_LOGOUT and posted once.
         let buf = unsafe { raw_mut((self.send.addr() as usize + off) as *mut u8, SEND_SLOT) };
         let posted = match (iu.encode(buf), self.send.sge(off, TLogout::SIZE as u32)) {
@@ -609,7 +689,9 @@ impl Channel {
         }
         let _ = self.cm_id.disconnect();
         self.state = ChanState::Disconnected;
-        self.info.state.store(ChanState::Disconnected as u8, Ordering::Relaxed);
+        self.info
+            .state
+            .store(ChanState::Disconnected as u8, Ordering::Relaxed);
         self.drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
         self.early.clear();
         for i in 0..self.ctxs.len() {
@@ -655,7 +737,9 @@ impl Channel {
             }
         }
         for l in 0..self.luns.len() {
-            let Channel { luns, bdev_done, .. } = self;
+            let Channel {
+                luns, bdev_done, ..
+            } = self;
             let n = luns[l].ch.poll(&mut |tag, st| bdev_done.push((tag, st)));
             work += n;
             if n > 0 {
@@ -682,14 +766,18 @@ impl Channel {
     fn publish(&self) {
         let i = &self.info;
         i.inflight.store(self.active, Ordering::Relaxed);
-        i.credits.store(self.granted.saturating_sub(self.consumed) as u32, Ordering::Relaxed);
+        i.credits.store(
+            self.granted.saturating_sub(self.consumed) as u32,
+            Ordering::Relaxed,
+        );
         i.commands.store(self.consumed, Ordering::Relaxed);
     }
 
     fn check_release(&mut self) {
         let all_free = self.free.len() == self.ctxs.len();
         let timed_out = self.drain_deadline.is_some_and(|d| Instant::now() >= d);
-        let bdev_idle = self.ctxs.iter().all(|c| !c.bdev_busy) && self.luns.iter().all(|l| l.ch.inflight() == 0);
+        let bdev_idle = self.ctxs.iter().all(|c| !c.bdev_busy)
+            && self.luns.iter().all(|l| l.ch.inflight() == 0);
         if !(all_free || (timed_out && bdev_idle)) {
             return;
         }
@@ -705,7 +793,9 @@ impl Channel {
             }
         }
         self.state = ChanState::Released;
-        self.info.state.store(ChanState::Released as u8, Ordering::Relaxed);
+        self.info
+            .state
+            .store(ChanState::Released as u8, Ordering::Relaxed);
         if let Some(p) = self.poller.take() {
             reactor::unregister_poller(p);
         }
@@ -756,7 +846,9 @@ impl Channel {
     fn drain_early(&mut self) -> usize {
         let mut n = 0;
         while self.established && self.state == ChanState::Live && !self.free.is_empty() {
-            let Some((slot, len)) = self.early.pop_front() else { break };
+            let Some((slot, len)) = self.early.pop_front() else {
+                break;
+            };
             self.dispatch(slot, len);
             n += 1;
         }
@@ -768,10 +860,15 @@ impl Channel {
             return;
         }
         let off = slot as usize * self.slot_len;
-        let Ok(sge) = self.recv.sge(off, self.slot_len as u32) else { return };
+        let Ok(sge) = self.recv.sge(off, self.slot_len as u32) else {
+            return;
+        };
         // SAFETY: the slot lies in `recv`, owned by the channel and registered
         // until after the QP is destroyed; no context holds it any more.
-        match unsafe { self.cm_id.post_recv(WR_RECV << 62 | u64::from(slot), &[sge]) } {
+        match unsafe {
+            self.cm_id
+                .post_recv(WR_RECV << 62 | u64::from(slot), &[sge])
+        } {
             Ok(()) => {
                 self.posted_recvs += 1;
                 if credit {
@@ -788,7 +885,14 @@ impl Channel {
     fn alloc_ctx(&mut self, kind: Kind, slot: u16, len: u32) -> usize {
         let i = self.free.pop().map_or(usize::MAX, usize::from);
         let gen = self.ctxs[i].gen;
-        self.ctxs[i] = Ctx { gen, busy: true, kind, recv: Some(slot), iu_len: len, ..Ctx::FREE };
+        self.ctxs[i] = Ctx {
+            gen,
+            busy: true,
+            kind,
+            recv: Some(slot),
+            iu_len: len,
+            ..Ctx::FREE
+        };
         self.active += 1;
         reactor::inflight_add(1);
         i
@@ -809,7 +913,10 @@ impl Channel {
         if let Some(r) = c.table {
             self.pool.free(r);
         }
-        self.ctxs[i] = Ctx { gen: c.gen.wrapping_add(1) & 0x3fff_ffff, ..Ctx::FREE };
+        self.ctxs[i] = Ctx {
+            gen: c.gen.wrapping_add(1) & 0x3fff_ffff,
+            ..Ctx::FREE
+        };
         self.free.push(i as u16);
         self.active -= 1;
         reactor::inflight_sub(1);
@@ -849,7 +956,9 @@ impl Channel {
             Some(Opcode::ILogout) => {
                 tracing::info!(initiator = %self.info.initiator_str, "SRP_I_LOGOUT received");
                 self.state = ChanState::LoggingOut;
-                self.info.state.store(ChanState::LoggingOut as u8, Ordering::Relaxed);
+                self.info
+                    .state
+                    .store(ChanState::LoggingOut as u8, Ordering::Relaxed);
                 self.early.clear();
             }
             Some(Opcode::CredRsp) | Some(Opcode::AerRsp) => {
@@ -906,18 +1015,25 @@ impl Channel {
         }
         let lun = self.lun_index(&cmd.lun);
         self.ctxs[i].lun = lun.unwrap_or(usize::MAX);
-        let sctx = scsi::Context { luns: &self.shared.lun_numbers, pending_sense: None };
+        let sctx = scsi::Context {
+            luns: &self.shared.lun_numbers,
+            pending_sense: None,
+        };
         let (out, exp) = match lun {
             Some(l) => {
                 let s = &self.shared.luns[l].scsi;
                 self.ctxs[i].block_size = s.info().block_size();
-                (s.execute(cmd.cdb, &sctx, &mut []), s.expected_transfer(cmd.cdb))
+                (
+                    s.execute(cmd.cdb, &sctx, &mut []),
+                    s.expected_transfer(cmd.cdb),
+                )
             }
             None => {
                 let exp = match cmd.cdb.first() {
-                    Some(0x12) | Some(0xA0) | Some(0x03) => {
-                        scsi::Transfer { direction: Direction::In, len: cmd.data_in.transfer_len().min(4096) }
-                    }
+                    Some(0x12) | Some(0xA0) | Some(0x03) => scsi::Transfer {
+                        direction: Direction::In,
+                        len: cmd.data_in.transfer_len().min(4096),
+                    },
                     _ => scsi::Transfer::NONE,
                 };
                 (scsi::execute_absent_lun(cmd.cdb, &sctx, &mut []), exp)
@@ -936,7 +1052,11 @@ impl Channel {
                             c.src = src;
                             c.job = Job::DataIn;
                             c.total = total;
-                            c.step = if matches!(src, DataSrc::Table { .. }) { Step::TableBuf } else { Step::WinBuf };
+                            c.step = if matches!(src, DataSrc::Table { .. }) {
+                                Step::TableBuf
+                            } else {
+                                Step::WinBuf
+                            };
                         }
                         Err(s) => return self.respond_sense(i, s),
                     }
@@ -950,15 +1070,36 @@ impl Channel {
         }
     }
 
-    fn start_block(&mut self, i: usize, op: BlockOp, cmd: &SrpCmd<'_>, desc_in: u64, desc_out: u64) {
+    fn start_block(
+        &mut self,
+        i: usize,
+        op: BlockOp,
+        cmd: &SrpCmd<'_>,
+        desc_in: u64,
+        desc_out: u64,
+    ) {
         let bs = u64::from(self.ctxs[i].block_size);
         let (job, total, data_in) = match op {
-            BlockOp::Read { lba, blocks, fua } => (Job::Read { lba, fua }, u64::from(blocks) * bs, Some(true)),
-            BlockOp::Write { lba, blocks, fua } => (Job::Write { lba, fua }, u64::from(blocks) * bs, Some(false)),
+            BlockOp::Read { lba, blocks, fua } => {
+                (Job::Read { lba, fua }, u64::from(blocks) * bs, Some(true))
+            }
+            BlockOp::Write { lba, blocks, fua } => {
+                (Job::Write { lba, fua }, u64::from(blocks) * bs, Some(false))
+            }
             BlockOp::Flush { .. } => (Job::Flush, 0, None),
             BlockOp::WriteZeroes { lba, blocks, .. } => (Job::WriteZeroes { lba, blocks }, 0, None),
-            BlockOp::WriteSame { lba, blocks, .. } => (Job::WriteSame { lba, blocks, replicate: false }, bs, Some(false)),
-            BlockOp::UnmapParams { param_len } => (Job::Unmap { next: 0 }, u64::from(param_len), Some(false)),
+            BlockOp::WriteSame { lba, blocks, .. } => (
+                Job::WriteSame {
+                    lba,
+                    blocks,
+                    replicate: false,
+                },
+                bs,
+                Some(false),
+            ),
+            BlockOp::UnmapParams { param_len } => {
+                (Job::Unmap { next: 0 }, u64::from(param_len), Some(false))
+            }
         };
         let c = &mut self.ctxs[i];
         c.job = job;
@@ -968,7 +1109,11 @@ impl Channel {
             c.step = Step::Bdev;
             return self.run(i);
         };
-        let (desc, have) = if data_in { (&cmd.data_in, desc_in) } else { (&cmd.data_out, desc_out) };
+        let (desc, have) = if data_in {
+            (&cmd.data_in, desc_in)
+        } else {
+            (&cmd.data_out, desc_out)
+        };
         if have < total {
             // The initiator's buffer is too small for what the CDB asks for.
             let res = u32::try_from(total - have).unwrap_or(u32::MAX);
@@ -996,7 +1141,9 @@ impl Channel {
                 c.src = src;
                 c.step = match src {
                     DataSrc::Table { .. } => Step::TableBuf,
-                    DataSrc::Imm { .. } if matches!(job, Job::Write { .. }) && self.luns[c.lun].buf_align == 1 => {
+                    DataSrc::Imm { .. }
+                        if matches!(job, Job::Write { .. }) && self.luns[c.lun].buf_align == 1 =>
+                    {
                         // Zero copy: the bdev writes straight from the IU.
                         c.chunk = total;
                         Step::Bdev
@@ -1114,7 +1261,9 @@ impl Channel {
             DataSrc::None | DataSrc::Imm { .. } => Descs::Empty,
             DataSrc::Direct(d) => Descs::One(d),
             DataSrc::Inline { data_in } => {
-                let Some(slot) = c.recv else { return Descs::Empty };
+                let Some(slot) = c.recv else {
+                    return Descs::Empty;
+                };
                 let base = self.recv.addr() + (slot as usize * self.slot_len) as u64;
                 // SAFETY: the context holds the slot (not posted) and the
                 // receive buffer lives as long as the channel; the slice is
@@ -1159,20 +1308,33 @@ impl Channel {
                 | Step::RspWait
                 | Step::TmfWait => return,
                 Step::TableBuf => {
-                    let DataSrc::Table { remote, .. } = c.src else { return self.respond_sense(i, INVALID_CMD_IU) };
+                    let DataSrc::Table { remote, .. } = c.src else {
+                        return self.respond_sense(i, INVALID_CMD_IU);
+                    };
                     let len = remote.len as usize;
-                    let Some(r) = self.take_buf(i, len, len) else { return };
+                    let Some(r) = self.take_buf(i, len, len) else {
+                        return;
+                    };
                     self.ctxs[i].table = Some(r);
                     self.ctxs[i].step = Step::TablePost;
                 }
                 Step::TablePost => {
-                    let (DataSrc::Table { remote, .. }, Some(r)) = (c.src, c.table) else { return };
+                    let (DataSrc::Table { remote, .. }, Some(r)) = (c.src, c.table) else {
+                        return;
+                    };
                     if !self.take_sq(i, 1) {
                         return;
                     }
-                    let sge = Sge { addr: self.pool.addr(r, 0), len: remote.len, lkey: self.pool.lkey() };
+                    let sge = Sge {
+                        addr: self.pool.addr(r, 0),
+                        len: remote.len,
+                        lkey: self.pool.lkey(),
+                    };
                     self.ctxs[i].step = Step::TableWait;
-                    self.post(i, &SendWr::read(wr_ctx(i, c.gen), &[sge], remote.va, remote.key));
+                    self.post(
+                        i,
+                        &SendWr::read(wr_ctx(i, c.gen), &[sge], remote.va, remote.key),
+                    );
                     return;
                 }
                 Step::WinBuf => {
@@ -1182,7 +1344,8 @@ impl Channel {
                     };
                     let want = match c.job {
                         Job::WriteSame { blocks, .. } => {
-                            (u64::from(blocks) * u64::from(c.block_size)).min(self.p.max_window as u64) as usize
+                            (u64::from(blocks) * u64::from(c.block_size))
+                                .min(self.p.max_window as u64) as usize
                         }
                         _ => (c.total as usize).min(self.p.max_window),
                     };
@@ -1194,14 +1357,17 @@ impl Channel {
                     if min > self.pool.capacity() {
                         return self.respond_sense(i, Sense::INTERNAL_TARGET_FAILURE);
                     }
-                    let Some(r) = self.take_buf(i, want.max(1), min.max(1)) else { return };
+                    let Some(r) = self.take_buf(i, want.max(1), min.max(1)) else {
+                        return;
+                    };
                     self.ctxs[i].win = Some(r);
                     self.ctxs[i].step = Step::Chunk;
                 }
                 Step::Chunk => self.start_chunk(i),
                 Step::FetchPost => {
                     let descs = self.descs(i);
-                    let (_, k, _, _) = descs.walk(c.cur_idx, c.cur_off, c.chunk, usize::MAX, |_, _| {});
+                    let (_, k, _, _) =
+                        descs.walk(c.cur_idx, c.cur_off, c.chunk, usize::MAX, |_, _| {});
                     if !self.take_sq(i, k as u32) {
                         return;
                     }
@@ -1217,7 +1383,8 @@ impl Channel {
                 Step::PushPost => {
                     let descs = self.descs(i);
                     let last = c.done + c.chunk >= c.total;
-                    let (_, k, _, _) = descs.walk(c.cur_idx, c.cur_off, c.chunk, usize::MAX, |_, _| {});
+                    let (_, k, _, _) =
+                        descs.walk(c.cur_idx, c.cur_off, c.chunk, usize::MAX, |_, _| {});
                     if !self.take_sq(i, k as u32 + u32::from(last)) {
                         return;
                     }
@@ -1285,8 +1452,16 @@ impl Channel {
         self.ctxs[i].cur_idx = idx;
         self.ctxs[i].cur_off = off;
         for &(o, d) in &pieces[..n] {
-            let sges = [Sge { addr: base + o, len: d.len, lkey }];
-            let wr = if write { SendWr::write(wr_id, &sges, d.va, d.key) } else { SendWr::read(wr_id, &sges, d.va, d.key) };
+            let sges = [Sge {
+                addr: base + o,
+                len: d.len,
+                lkey,
+            }];
+            let wr = if write {
+                SendWr::write(wr_id, &sges, d.va, d.key)
+            } else {
+                SendWr::read(wr_id, &sges, d.va, d.key)
+            };
             if !self.post(i, &wr) {
                 return;
             }
@@ -1303,7 +1478,9 @@ impl Channel {
         }
         let cap = c.win.map_or(0, |w| w.bytes()) as u64;
         if c.job == Job::DataIn {
-            let Some(win) = c.win else { return self.respond_sense(i, Sense::INTERNAL_TARGET_FAILURE) };
+            let Some(win) = c.win else {
+                return self.respond_sense(i, Sense::INTERNAL_TARGET_FAILURE);
+            };
             let Some(slot) = c.recv else { return };
             let base = self.recv.addr() + (slot as usize * self.slot_len) as u64;
             // SAFETY: the context holds the slot; see `descs`.
@@ -1314,7 +1491,10 @@ impl Channel {
             let len = (c.total.min(cap)) as usize;
             // SAFETY: the context owns the window; no I/O is in flight on it.
             let out = unsafe { raw_mut(self.pool.ptr(win), len) };
-            let sctx = scsi::Context { luns: &self.shared.lun_numbers, pending_sense: None };
+            let sctx = scsi::Context {
+                luns: &self.shared.lun_numbers,
+                pending_sense: None,
+            };
             let r = match self.shared.luns.get(c.lun) {
                 Some(l) => l.scsi.execute(cmd.cdb, &sctx, out),
                 None => scsi::execute_absent_lun(cmd.cdb, &sctx, out),
@@ -1330,7 +1510,11 @@ impl Channel {
                         cc.rsp.flags |= RspFlags::DIUNDER.0;
                         cc.rsp.di_res = u32::try_from(desc_in - n).unwrap_or(u32::MAX);
                     }
-                    cc.step = if n == 0 { Step::RspPost } else { Step::PushPost };
+                    cc.step = if n == 0 {
+                        Step::RspPost
+                    } else {
+                        Step::PushPost
+                    };
                     let (covered, _, _, _) = self.descs(i).walk(0, 0, n, MAX_PIECES, |_, _| {});
                     if covered < n {
                         self.respond_sense(i, INVALID_CMD_IU);
@@ -1344,7 +1528,9 @@ impl Channel {
         if let DataSrc::Imm { off, len } = c.src {
             // One chunk: the immediate data, copied into the window.
             let Some(slot) = c.recv else { return };
-            let Some(win) = c.win else { return self.respond_sense(i, Sense::INTERNAL_TARGET_FAILURE) };
+            let Some(win) = c.win else {
+                return self.respond_sense(i, Sense::INTERNAL_TARGET_FAILURE);
+            };
             let n = remaining.min(u64::from(len)).min(cap);
             if n < remaining {
                 return self.respond_sense(i, INVALID_CMD_IU);
@@ -1352,7 +1538,9 @@ impl Channel {
             let src = self.recv.addr() + (slot as usize * self.slot_len + off as usize) as u64;
             // SAFETY: the IU's slot is held by this context and the window is
             // owned by it; they are different allocations.
-            unsafe { std::ptr::copy_nonoverlapping(src as *const u8, self.pool.ptr(win), n as usize) };
+            unsafe {
+                std::ptr::copy_nonoverlapping(src as *const u8, self.pool.ptr(win), n as usize)
+            };
             self.ctxs[i].chunk = n;
             return self.fetched(i);
         }
@@ -1363,7 +1551,11 @@ impl Channel {
         let descs = self.descs(i);
         let max = remaining.min(cap);
         let (covered, _, _, _) = descs.walk(c.cur_idx, c.cur_off, max, MAX_PIECES, |_, _| {});
-        let chunk = if covered == max { covered } else { covered / align * align };
+        let chunk = if covered == max {
+            covered
+        } else {
+            covered / align * align
+        };
         if chunk == 0 {
             // Descriptors exhausted or too fragmented to move one block in
             // MAX_PIECES work requests.
@@ -1387,7 +1579,12 @@ impl Channel {
                 let bs = c.block_size as usize;
                 // SAFETY: the context owns the window; the READ completed.
                 let w = unsafe { raw_mut(self.pool.ptr(win), win.bytes()) };
-                let op = BlockOp::WriteSame { lba, blocks, unmap: false }.with_write_same_data(&w[..bs]);
+                let op = BlockOp::WriteSame {
+                    lba,
+                    blocks,
+                    unmap: false,
+                }
+                .with_write_same_data(&w[..bs]);
                 let cc = &mut self.ctxs[i];
                 if let BlockOp::WriteZeroes { .. } = op {
                     cc.job = Job::WriteZeroes { lba, blocks };
@@ -1396,7 +1593,11 @@ impl Channel {
                     for k in 1..fit {
                         w.copy_within(0..bs, k * bs);
                     }
-                    cc.job = Job::WriteSame { lba, blocks, replicate: true };
+                    cc.job = Job::WriteSame {
+                        lba,
+                        blocks,
+                        replicate: true,
+                    };
                     cc.total = u64::from(blocks) * bs as u64;
                     cc.done = 0;
                 }
@@ -1410,13 +1611,18 @@ impl Channel {
 
     fn submit_bdev(&mut self, i: usize) {
         let c = self.ctxs[i];
-        let Some(lun) = self.shared.luns.get(c.lun) else { return self.respond_sense(i, Sense::LUN_NOT_SUPPORTED) };
+        let Some(lun) = self.shared.luns.get(c.lun) else {
+            return self.respond_sense(i, Sense::LUN_NOT_SUPPORTED);
+        };
         if !self.my_turn(&self.bdev_wait, i) {
             return self.enqueue(Queue::Bdev, i);
         }
         let bs = u64::from(c.block_size);
         let win_ptr = c.win.map(|w| self.pool.ptr(w));
-        let mut iov = [IoVec { base: std::ptr::null_mut(), len: 0 }];
+        let mut iov = [IoVec {
+            base: std::ptr::null_mut(),
+            len: 0,
+        }];
         let req = match c.job {
             Job::Read { lba, fua } | Job::Write { lba, fua } => {
                 let base = match (win_ptr, c.src) {
@@ -1427,7 +1633,10 @@ impl Channel {
                     }
                     _ => return self.respond_sense(i, Sense::INTERNAL_TARGET_FAILURE),
                 };
-                iov[0] = IoVec { base, len: c.chunk as usize };
+                iov[0] = IoVec {
+                    base,
+                    len: c.chunk as usize,
+                };
                 let first = lba + c.done / bs;
                 let n = c.chunk / bs;
                 if matches!(c.job, Job::Read { .. }) {
@@ -1436,12 +1645,19 @@ impl Channel {
                     IoRequest::write(first, n, &iov).with_fua(fua)
                 }
             }
-            Job::WriteSame { lba, replicate: true, .. } => {
+            Job::WriteSame {
+                lba,
+                replicate: true,
+                ..
+            } => {
                 let Some(p) = win_ptr else { return };
                 let cap = c.win.map_or(0, |w| w.bytes()) as u64 / bs * bs;
                 let chunk = (c.total - c.done).min(cap);
                 self.ctxs[i].chunk = chunk;
-                iov[0] = IoVec { base: p, len: chunk as usize };
+                iov[0] = IoVec {
+                    base: p,
+                    len: chunk as usize,
+                };
                 IoRequest::write(lba + c.done / bs, chunk / bs, &iov).with_fua(true)
             }
             Job::Flush => IoRequest::flush(),
@@ -1484,7 +1700,9 @@ impl Channel {
     fn on_bdev(&mut self, tag: u64, st: IoStatus) {
         let i = (tag & 0xffff_ffff) as usize;
         let gen = (tag >> 32) as u32;
-        let Some(c) = self.ctxs.get(i).copied() else { return };
+        let Some(c) = self.ctxs.get(i).copied() else {
+            return;
+        };
         if !c.busy || c.gen != gen || !c.bdev_busy {
             return;
         }
@@ -1495,7 +1713,9 @@ impl Channel {
         if !st.is_ok() {
             let write = !matches!(c.job, Job::Read { .. });
             let sense = match st {
-                IoStatus::MediumError => scsi::sense_for_block_failure(BlockFailure::Medium { write }),
+                IoStatus::MediumError => {
+                    scsi::sense_for_block_failure(BlockFailure::Medium { write })
+                }
                 IoStatus::PathError => scsi::sense_for_block_failure(BlockFailure::Path),
                 IoStatus::InvalidRequest => scsi::sense_for_block_failure(BlockFailure::Invalid),
                 IoStatus::Unsupported => scsi::sense_for_block_failure(BlockFailure::Unsupported),
@@ -1516,7 +1736,9 @@ impl Channel {
                     Step::RspPost
                 }
             }
-            Job::WriteSame { replicate: true, .. } => {
+            Job::WriteSame {
+                replicate: true, ..
+            } => {
                 cc.done += c.chunk;
                 if cc.done < cc.total {
                     Step::Bdev
@@ -1534,7 +1756,9 @@ impl Channel {
     }
 
     fn on_ctx_wr(&mut self, i: usize, gen: u32, status: WcStatus) {
-        let Some(c) = self.ctxs.get(i).copied() else { return };
+        let Some(c) = self.ctxs.get(i).copied() else {
+            return;
+        };
         if !c.busy || c.gen != gen {
             return;
         }
@@ -1557,9 +1781,14 @@ impl Channel {
         }
         match c.step {
             Step::TableWait => {
-                let DataSrc::Table { count, .. } = c.src else { return };
+                let DataSrc::Table { count, .. } = c.src else {
+                    return;
+                };
                 let descs = self.descs(i);
-                let sum: u64 = (0..count).filter_map(|k| descs.get(k)).map(|d| u64::from(d.len)).sum();
+                let sum: u64 = (0..count)
+                    .filter_map(|k| descs.get(k))
+                    .map(|d| u64::from(d.len))
+                    .sum();
                 if sum < c.total {
                     return self.respond_sense(i, INVALID_CMD_IU);
                 }
@@ -1620,7 +1849,11 @@ impl Channel {
         let buf = unsafe { raw_mut((self.send.addr() as usize + off) as *mut u8, SEND_SLOT) };
         // Cannot fail: a response is at most 36 + 4 + 18 bytes.
         let n = rsp.encode(buf).unwrap_or(SrpRsp::HEADER_SIZE);
-        let sge = Sge { addr: self.send.addr() + off as u64, len: n as u32, lkey: self.send.lkey() };
+        let sge = Sge {
+            addr: self.send.addr() + off as u64,
+            len: n as u32,
+            lkey: self.send.lkey(),
+        };
         self.ctxs[i].rsp_posted = true;
         self.ctxs[i].step = Step::RspWait;
         self.post(i, &SendWr::send(wr_ctx(i, c.gen), &[sge]));
@@ -1665,13 +1898,20 @@ impl Channel {
                 // answered) is FUNCTION COMPLETE.
                 let found = (0..self.ctxs.len()).find(|&j| {
                     let c = &self.ctxs[j];
-                    j != i && c.busy && c.kind == Kind::Cmd && c.tag == t.task_tag && !c.rsp_posted && !c.aborted
+                    j != i
+                        && c.busy
+                        && c.kind == Kind::Cmd
+                        && c.tag == t.task_tag
+                        && !c.rsp_posted
+                        && !c.aborted
                 });
                 if let Some(j) = found {
                     self.abort_cmd(j, me);
                 }
             }
-            TaskMgmtFunction::AbortTaskSet | TaskMgmtFunction::ClearTaskSet | TaskMgmtFunction::LunReset => {
+            TaskMgmtFunction::AbortTaskSet
+            | TaskMgmtFunction::ClearTaskSet
+            | TaskMgmtFunction::LunReset => {
                 let Some(l) = lun else {
                     self.ctxs[i].rsp.tmf_code = Some(tsk_mgmt_rsp::FAILED);
                     self.ctxs[i].step = Step::RspPost;
@@ -1713,7 +1953,13 @@ impl Channel {
         let mut n = 0;
         for j in 0..self.ctxs.len() {
             let c = &self.ctxs[j];
-            if c.busy && c.kind == Kind::Cmd && c.lun == l && !c.rsp_posted && !c.aborted && self.abort_cmd(j, waiter) {
+            if c.busy
+                && c.kind == Kind::Cmd
+                && c.lun == l
+                && !c.rsp_posted
+                && !c.aborted
+                && self.abort_cmd(j, waiter)
+            {
                 n += 1;
             }
         }
@@ -1762,7 +2008,9 @@ impl Channel {
     }
 
     fn tmf_done_one(&mut self, idx: usize, gen: u32) {
-        let Some(t) = self.ctxs.get_mut(idx) else { return };
+        let Some(t) = self.ctxs.get_mut(idx) else {
+            return;
+        };
         if !t.busy || t.gen != gen || t.kind != Kind::Tmf {
             return;
         }
@@ -1779,7 +2027,13 @@ impl Channel {
 }
 
 fn send_tmf_ack(r: RemoteAbort) {
-    let RemoteAbort { reply_reactor, reply_token, tmf_idx, tmf_gen, .. } = r;
+    let RemoteAbort {
+        reply_reactor,
+        reply_token,
+        tmf_idx,
+        tmf_gen,
+        ..
+    } = r;
     reactor::send(reply_reactor, move || {
         with_channel(reply_token, |c| c.tmf_ack(tmf_idx, tmf_gen));
     });
@@ -1810,14 +2064,20 @@ fn data_src(d: &DataDesc<'_>, data_in: bool) -> Result<DataSrc, Sense> {
                 if len == 0 || len > MAX_TABLE_BYTES {
                     return Err(INVALID_CMD_IU);
                 }
-                DataSrc::Table { remote: ib.table_desc, count: len / 16 }
+                DataSrc::Table {
+                    remote: ib.table_desc,
+                    count: len / 16,
+                }
             }
         }
         DataDesc::Immediate(im) => {
             if data_in {
                 return Err(INVALID_CMD_IU);
             }
-            DataSrc::Imm { off: im.offset, len: im.data.len() as u32 }
+            DataSrc::Imm {
+                off: im.offset,
+                len: im.data.len() as u32,
+            }
         }
     })
 }

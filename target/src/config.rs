@@ -109,14 +109,23 @@ pub struct ConfigError {
 }
 
 fn err(field: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError { field, reason: reason.into() }
+    ConfigError {
+        field,
+        reason: reason.into(),
+    }
 }
 
 /// Parses 1..=16 hex digits with an optional `0x`.
 pub fn parse_hex_u64(field: &'static str, s: &str) -> Result<u64, ConfigError> {
-    let h = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
+    let h = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
     if h.is_empty() || h.len() > 16 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(err(field, format!("`{s}` is not 1 to 16 hexadecimal digits")));
+        return Err(err(
+            field,
+            format!("`{s}` is not 1 to 16 hexadecimal digits"),
+        ));
     }
     u64::from_str_radix(h, 16).map_err(|e| err(field, e.to_string()))
 }
@@ -124,10 +133,16 @@ pub fn parse_hex_u64(field: &'static str, s: &str) -> Result<u64, ConfigError> {
 /// Parses a 16-byte port id written as 32 hex digits (optional `0x`, `:`
 /// separators ignored).
 pub fn parse_port_id(field: &'static str, s: &str) -> Result<PortId, ConfigError> {
-    let t = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
+    let t = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
     let digits: Vec<u8> = t.bytes().filter(|&b| b != b':').collect();
     if digits.len() != 32 || !digits.iter().all(|b| b.is_ascii_hexdigit()) {
-        return Err(err(field, format!("`{s}` is not a port id of 32 hexadecimal digits")));
+        return Err(err(
+            field,
+            format!("`{s}` is not a port id of 32 hexadecimal digits"),
+        ));
     }
     let mut id = [0u8; 16];
     for (i, pair) in digits.chunks_exact(2).enumerate() {
@@ -155,11 +170,19 @@ impl SrptTargetParams {
         if name.is_empty() || name.len() > 64 {
             return Err(err("name", "must be 1 to 64 characters"));
         }
-        if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')) {
-            return Err(err("name", format!("`{name}` may only contain letters, digits, _ - . :")));
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+        {
+            return Err(err(
+                "name",
+                format!("`{name}` may only contain letters, digits, _ - . :"),
+            ));
         }
-        let listen: SocketAddr =
-            self.listen.parse().map_err(|_| err("listen", format!("`{}` is not IP:PORT", self.listen)))?;
+        let listen: SocketAddr = self
+            .listen
+            .parse()
+            .map_err(|_| err("listen", format!("`{}` is not IP:PORT", self.listen)))?;
         if listen.port() == 0 {
             return Err(err("listen", "port 0 is not allowed"));
         }
@@ -171,7 +194,10 @@ impl SrptTargetParams {
         let mut luns: Vec<(u16, String)> = Vec::with_capacity(self.luns.len());
         for l in &self.luns {
             if l.lun > scsi::MAX_LUN {
-                return Err(err("luns", format!("LUN {} is above {}", l.lun, scsi::MAX_LUN)));
+                return Err(err(
+                    "luns",
+                    format!("LUN {} is above {}", l.lun, scsi::MAX_LUN),
+                ));
             }
             if luns.iter().any(|(n, _)| *n == l.lun) {
                 return Err(err("luns", format!("LUN {} is listed twice", l.lun)));
@@ -200,11 +226,19 @@ impl SrptTargetParams {
         let provider = match self.provider.as_deref() {
             None | Some("verbs") => rdma::Provider::Verbs,
             Some("loopback") => rdma::Provider::Loopback,
-            Some(p) => return Err(err("provider", format!("`{p}` is not \"verbs\" or \"loopback\""))),
+            Some(p) => {
+                return Err(err(
+                    "provider",
+                    format!("`{p}` is not \"verbs\" or \"loopback\""),
+                ))
+            }
         };
         let queue_depth = self.queue_depth.unwrap_or(crate::DEFAULT_QUEUE_DEPTH);
         if !(2..=4096).contains(&queue_depth) {
-            return Err(err("queue_depth", format!("{queue_depth} is not in 2..=4096")));
+            return Err(err(
+                "queue_depth",
+                format!("{queue_depth} is not in 2..=4096"),
+            ));
         }
         Ok(TargetConfig {
             name: name.to_string(),
@@ -251,8 +285,14 @@ mod tests {
             ("id_ext", serde_json::json!("0x12345678901234567")),
             ("ioc_guid", serde_json::json!("xyz")),
             ("acl", serde_json::json!(["0x12"])),
-            ("acl", serde_json::json!(["*", "0xfe800000000000000002c90300a1b2c3"])),
-            ("luns", serde_json::json!([{"lun": 0, "bdev": "a"}, {"lun": 0, "bdev": "b"}])),
+            (
+                "acl",
+                serde_json::json!(["*", "0xfe800000000000000002c90300a1b2c3"]),
+            ),
+            (
+                "luns",
+                serde_json::json!([{"lun": 0, "bdev": "a"}, {"lun": 0, "bdev": "b"}]),
+            ),
             ("luns", serde_json::json!([])),
             ("luns", serde_json::json!([{"lun": 16384, "bdev": "a"}])),
             ("provider", serde_json::json!("rxe")),
@@ -269,7 +309,9 @@ mod tests {
             let p: SrptTargetParams = serde_json::from_value(v).unwrap();
             let e = p.validate().unwrap_err();
             assert_eq!(e.field, field, "{e}");
-            assert!(e.to_string().starts_with(&format!("invalid parameter `{field}`")));
+            assert!(e
+                .to_string()
+                .starts_with(&format!("invalid parameter `{field}`")));
         }
     }
 

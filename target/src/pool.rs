@@ -38,7 +38,12 @@ impl BufPool {
         for p in pages..words * 64 {
             bitmap[p / 64] |= 1 << (p % 64);
         }
-        Ok(BufPool { buf, pages, bitmap, free_pages: pages })
+        Ok(BufPool {
+            buf,
+            pages,
+            bitmap,
+            free_pages: pages,
+        })
     }
 
     pub fn capacity(&self) -> usize {
@@ -128,7 +133,10 @@ impl BufPool {
         if pages < min_pages {
             return None;
         }
-        let run = Run { page: start as u32, pages: pages as u32 };
+        let run = Run {
+            page: start as u32,
+            pages: pages as u32,
+        };
         self.set(run, true);
         self.free_pages -= pages;
         Some(run)
@@ -191,6 +199,12 @@ mod tests {
         p.free(runs[129]);
         p.free(runs[131]);
         let r = p.alloc(3 * PAGE, 3 * PAGE).unwrap();
-        assert_eq!(r, Run { page: 128, pages: 3 });
+        assert_eq!(
+            r,
+            Run {
+                page: 128,
+                pages: 3
+            }
+        );
     }
 }

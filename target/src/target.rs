@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use bdev::Bdev;
 use rdma::{CmChannel, CmEventKind, CmId, CmToken, PrivateData};
 use srp::{
-    BufFormats, Encode, LoginRej, LoginRejReason, LoginReq, LoginRsp, MultiChannelAction, MultiChannelResult, PortId,
-    TLogoutReason,
+    BufFormats, Encode, LoginRej, LoginRejReason, LoginReq, LoginRsp, MultiChannelAction,
+    MultiChannelResult, PortId, TLogoutReason,
 };
 
 use crate::channel::{self, with_channel, ChanParams};
@@ -38,7 +38,12 @@ pub struct TargetOptions {
 
 impl Default for TargetOptions {
     fn default() -> Self {
-        TargetOptions { pool_bytes: 16 << 20, max_window: 1 << 20, cm_reactor: 0, data_reactors: Vec::new() }
+        TargetOptions {
+            pool_bytes: 16 << 20,
+            max_window: 1 << 20,
+            cm_reactor: 0,
+            data_reactors: Vec::new(),
+        }
     }
 }
 
@@ -174,13 +179,19 @@ impl TargetShared {
             .chans
             .iter()
             .filter(|c| c.initiator == *initiator && c.token != except)
-            .filter(|c| ChanState::from_u8(c.state.load(Ordering::Relaxed)) < ChanState::Disconnected)
+            .filter(|c| {
+                ChanState::from_u8(c.state.load(Ordering::Relaxed)) < ChanState::Disconnected
+            })
             .map(|c| (c.reactor, c.token))
             .collect()
     }
 
     fn route(&self, token: CmToken) -> Option<usize> {
-        self.reg().chans.iter().find(|c| c.token == token).map(|c| c.reactor)
+        self.reg()
+            .chans
+            .iter()
+            .find(|c| c.token == token)
+            .map(|c| c.reactor)
     }
 }
 
@@ -253,7 +264,11 @@ impl Target {
         let cfg = params.validate()?;
         luns.sort_by_key(|(n, _)| *n);
         if luns.len() != cfg.luns.len() {
-            return Err(TargetError::Luns(format!("{} bdevs given for {} LUNs", luns.len(), cfg.luns.len())));
+            return Err(TargetError::Luns(format!(
+                "{} bdevs given for {} LUNs",
+                luns.len(),
+                cfg.luns.len()
+            )));
         }
         let mut entries = Vec::with_capacity(luns.len());
         for ((n, bdev), (want_n, want_name)) in luns.into_iter().zip(cfg.luns.iter()) {
@@ -263,10 +278,17 @@ impl Target {
                     bdev.info().name
                 )));
             }
-            let info = scsi::LunInfo::new(lun_config(&*bdev)).map_err(|source| TargetError::Scsi { lun: n, source })?;
-            entries.push(LunEntry { lun: n, scsi: scsi::Lun::new(info), bdev });
+            let info = scsi::LunInfo::new(lun_config(&*bdev))
+                .map_err(|source| TargetError::Scsi { lun: n, source })?;
+            entries.push(LunEntry {
+                lun: n,
+                scsi: scsi::Lun::new(info),
+                bdev,
+            });
         }
-        if opts.cm_reactor >= reactors.len() || opts.data_reactors.iter().any(|&r| r >= reactors.len()) {
+        if opts.cm_reactor >= reactors.len()
+            || opts.data_reactors.iter().any(|&r| r >= reactors.len())
+        {
             return Err(reactor::ReactorError::NoSuchReactor(opts.cm_reactor).into());
         }
         let shared = Arc::new(TargetShared {
@@ -282,7 +304,10 @@ impl Target {
         let s = Arc::clone(&shared);
         let started = reactors.call(shared.opts.cm_reactor, move || CmPoller::start(s))?;
         if let Err(e) = started {
-            return Err(TargetError::Listen { addr: shared.cfg.listen, source: e });
+            return Err(TargetError::Listen {
+                addr: shared.cfg.listen,
+                source: e,
+            });
         }
         tracing::info!(
             target_name = %shared.cfg.name,
@@ -292,7 +317,11 @@ impl Target {
             provider = shared.cfg.provider.name(),
             "SRP target listening"
         );
-        Ok(Target { shared, reactors, deleted: false })
+        Ok(Target {
+            shared,
+            reactors,
+            deleted: false,
+        })
     }
 
     /// The target's name.
@@ -307,17 +336,24 @@ impl Target {
 
     /// The SCSI unit serial number (VPD page 0x80) of `lun`.
     pub fn lun_serial(&self, lun: u16) -> Option<String> {
-        self.shared.luns.iter().find(|l| l.lun == lun).map(|l| l.scsi.info().serial().to_string())
+        self.shared
+            .luns
+            .iter()
+            .find(|l| l.lun == lun)
+            .map(|l| l.scsi.info().serial().to_string())
     }
 
     /// The 8-byte VPD page 0x83 designator (EUI-64) of `lun`, as 16 hex
     /// digits: Linux shows it as `wwid` = `eui.<this>`.
     pub fn lun_designator(&self, lun: u16) -> Option<String> {
-        self.shared
-            .luns
-            .iter()
-            .find(|l| l.lun == lun)
-            .map(|l| l.scsi.info().designator_bytes().iter().map(|b| format!("{b:02x}")).collect())
+        self.shared.luns.iter().find(|l| l.lun == lun).map(|l| {
+            l.scsi
+                .info()
+                .designator_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        })
     }
 
     /// Number of channels (connecting or logged in).
@@ -382,7 +418,13 @@ impl Target {
     /// Logs out every channel of every initiator (they may log in again).
     /// Returns how many channels were told.
     pub fn logout_all(&self) -> usize {
-        let chans: Vec<(usize, CmToken)> = self.shared.reg().chans.iter().map(|c| (c.reactor, c.token)).collect();
+        let chans: Vec<(usize, CmToken)> = self
+            .shared
+            .reg()
+            .chans
+            .iter()
+            .map(|c| (c.reactor, c.token))
+            .collect();
         for &(r, token) in &chans {
             let _ = self.reactors.send(r, move || {
                 with_channel(token, |c| c.logout(TLogoutReason::NoReason));
@@ -408,8 +450,13 @@ impl Target {
         let deadline = Instant::now() + timeout;
         let mut told: Vec<CmToken> = Vec::new();
         loop {
-            let chans: Vec<(usize, CmToken)> =
-                self.shared.reg().chans.iter().map(|c| (c.reactor, c.token)).collect();
+            let chans: Vec<(usize, CmToken)> = self
+                .shared
+                .reg()
+                .chans
+                .iter()
+                .map(|c| (c.reactor, c.token))
+                .collect();
             for &(r, token) in &chans {
                 if !told.contains(&token) {
                     told.push(token);
@@ -424,7 +471,10 @@ impl Target {
             }
             if Instant::now() >= deadline {
                 tracing::warn!(target_name = %self.shared.cfg.name, channels = chans.len(), "target delete timed out");
-                return Err(TargetError::DrainTimeout(self.shared.cfg.name.clone(), timeout));
+                return Err(TargetError::DrainTimeout(
+                    self.shared.cfg.name.clone(),
+                    timeout,
+                ));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -501,7 +551,9 @@ impl CmPoller {
         match kind {
             CmEventKind::ConnectRequest { id, private_data } => self.login(id, private_data),
             CmEventKind::Established { .. } => self.forward(token, |c| c.on_established()),
-            CmEventKind::Disconnected | CmEventKind::DeviceRemoval => self.forward(token, |c| c.on_disconnected()),
+            CmEventKind::Disconnected | CmEventKind::DeviceRemoval => {
+                self.forward(token, |c| c.on_disconnected())
+            }
             CmEventKind::ConnectError { status } | CmEventKind::Unreachable { status } => {
                 tracing::warn!(status, "connection attempt failed");
                 self.forward(token, |c| c.on_disconnected())
@@ -519,7 +571,11 @@ impl CmPoller {
     }
 
     fn reject(&self, mut id: CmId, tag: u64, reason: LoginRejReason) {
-        let rej = LoginRej { reason, tag, buf_fmt: BufFormats::BOTH };
+        let rej = LoginRej {
+            reason,
+            tag,
+            buf_fmt: BufFormats::BOTH,
+        };
         let mut b = [0u8; LoginRej::SIZE];
         let _ = rej.encode(&mut b);
         if let Err(e) = id.reject(&b) {
@@ -554,18 +610,33 @@ impl CmPoller {
             reason
         };
         let reason = if s.deleting() {
-            Some(refuse("target is being deleted", LoginRejReason::UnableEstablishChannel))
+            Some(refuse(
+                "target is being deleted",
+                LoginRejReason::UnableEstablishChannel,
+            ))
         } else if req.target_port_id != s.cfg.port_id {
             Some(refuse(
-                &format!("target port id {} is not ours", format_port_id(&req.target_port_id)),
+                &format!(
+                    "target port id {} is not ours",
+                    format_port_id(&req.target_port_id)
+                ),
                 LoginRejReason::UnableAssociateChannel,
             ))
         } else if !s.cfg.acl.admits(&req.initiator_port_id) {
-            Some(refuse("initiator not in the ACL", LoginRejReason::ChannelLimitReached))
+            Some(refuse(
+                "initiator not in the ACL",
+                LoginRejReason::ChannelLimitReached,
+            ))
         } else if req.req_it_iu_len > MAX_IT_IU_LEN || req.req_it_iu_len < MIN_IT_IU_LEN {
-            Some(refuse(&format!("max_it_iu_len {}", req.req_it_iu_len), LoginRejReason::ReqItIuLengthTooLarge))
+            Some(refuse(
+                &format!("max_it_iu_len {}", req.req_it_iu_len),
+                LoginRejReason::ReqItIuLengthTooLarge,
+            ))
         } else if req.req_buf_fmt.0 & BufFormats::BOTH.0 == 0 {
-            Some(refuse("no supported descriptor format", LoginRejReason::UnsupportedDescriptorFormat))
+            Some(refuse(
+                "no supported descriptor format",
+                LoginRejReason::UnsupportedDescriptorFormat,
+            ))
         } else {
             None
         };
@@ -603,7 +674,9 @@ impl CmPoller {
                 .chans
                 .iter()
                 .filter(|c| c.initiator == req.initiator_port_id)
-                .filter(|c| ChanState::from_u8(c.state.load(Ordering::Relaxed)) < ChanState::Disconnected)
+                .filter(|c| {
+                    ChanState::from_u8(c.state.load(Ordering::Relaxed)) < ChanState::Disconnected
+                })
                 .map(|c| (c.reactor, c.token))
                 .collect();
             reg.chans.push(Arc::clone(&info));
@@ -636,6 +709,8 @@ impl CmPoller {
             max_window: s.opts.max_window,
         };
         let shared = Arc::clone(&self.shared);
-        reactor::send(reactor, move || channel::setup(shared, info, id, req, p, rsp));
+        reactor::send(reactor, move || {
+            channel::setup(shared, info, id, req, p, rsp)
+        });
     }
 }

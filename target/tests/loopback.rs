@@ -9,7 +9,8 @@ use std::time::Duration;
 use bdev::Bdev;
 use common::*;
 use srp::{
-    DataDesc, DirectBuf, Encode, LoginRejReason, Lun, MultiChannelAction, MultiChannelResult, TaskMgmtFunction, TskMgmt,
+    DataDesc, DirectBuf, Encode, LoginRejReason, Lun, MultiChannelAction, MultiChannelResult,
+    TaskMgmtFunction, TskMgmt,
 };
 use target::Target;
 
@@ -32,11 +33,18 @@ impl Fx {
     ) -> Fx {
         init_tracing();
         let rs = reactors(2);
-        let names: Vec<(u16, String)> = luns.iter().map(|(l, b)| (*l, b.info().name.clone())).collect();
+        let names: Vec<(u16, String)> = luns
+            .iter()
+            .map(|(l, b)| (*l, b.info().name.clone()))
+            .collect();
         let refs: Vec<(u16, &str)> = names.iter().map(|(l, n)| (*l, n.as_str())).collect();
         let p = params(&format!("t{port}"), port, &refs, acl);
         let t = Target::create_with_options(&p, luns, rs.handle(), opts).expect("target");
-        Fx { target: Some(t), _rs: rs, port }
+        Fx {
+            target: Some(t),
+            _rs: rs,
+            port,
+        }
     }
 
     fn t(&self) -> &Target {
@@ -50,7 +58,11 @@ impl Fx {
     fn wait_channels(&self, n: usize) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while self.t().channel_count() != n {
-            assert!(std::time::Instant::now() < deadline, "channels: {} != {n}", self.t().channel_count());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "channels: {} != {n}",
+                self.t().channel_count()
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -83,17 +95,30 @@ fn login_response_and_scsi_basics() {
 
     // Standard INQUIRY.
     let d = i.desc(0, 96);
-    let tag = i.send_cmd(0, &inquiry_cdb(false, 0, 96), DataDesc::None, DataDesc::Direct(d));
+    let tag = i.send_cmd(
+        0,
+        &inquiry_cdb(false, 0, 96),
+        DataDesc::None,
+        DataDesc::Direct(d),
+    );
     let rsp = i.wait(tag);
     assert!(rsp.good(), "{rsp:?}");
     let data = i.mem_read(0, 36);
     assert_eq!(&data[8..16], b"STRATA  ");
     // 36 bytes of 96 returned: data-in underflow residual.
-    assert_eq!(rsp.flags & srp::RspFlags::DIUNDER.0, srp::RspFlags::DIUNDER.0);
+    assert_eq!(
+        rsp.flags & srp::RspFlags::DIUNDER.0,
+        srp::RspFlags::DIUNDER.0
+    );
     assert_eq!(rsp.di_res, 96 - 36);
 
     // Unit serial number (VPD 0x80) = what the target reports.
-    let tag = i.send_cmd(0, &inquiry_cdb(true, 0x80, 255), DataDesc::None, DataDesc::Direct(i.desc(0, 255)));
+    let tag = i.send_cmd(
+        0,
+        &inquiry_cdb(true, 0x80, 255),
+        DataDesc::None,
+        DataDesc::Direct(i.desc(0, 255)),
+    );
     assert!(i.wait(tag).good());
     let page = i.mem_read(0, 255);
     let n = page[3] as usize;
@@ -101,20 +126,33 @@ fn login_response_and_scsi_basics() {
     assert_eq!(serial.trim(), fx.t().lun_serial(0).unwrap());
 
     // Device identification (VPD 0x83) carries the designator.
-    let tag = i.send_cmd(0, &inquiry_cdb(true, 0x83, 255), DataDesc::None, DataDesc::Direct(i.desc(0, 255)));
+    let tag = i.send_cmd(
+        0,
+        &inquiry_cdb(true, 0x83, 255),
+        DataDesc::None,
+        DataDesc::Direct(i.desc(0, 255)),
+    );
     assert!(i.wait(tag).good());
     let page = i.mem_read(0, 255);
     let want: Vec<u8> = (0..8)
-        .map(|k| u8::from_str_radix(&fx.t().lun_designator(0).unwrap()[2 * k..2 * k + 2], 16).unwrap())
+        .map(|k| {
+            u8::from_str_radix(&fx.t().lun_designator(0).unwrap()[2 * k..2 * k + 2], 16).unwrap()
+        })
         .collect();
-    assert!(page.windows(8).any(|w| w == want.as_slice()), "designator in VPD 0x83");
+    assert!(
+        page.windows(8).any(|w| w == want.as_slice()),
+        "designator in VPD 0x83"
+    );
 
     // READ CAPACITY(16).
     let cdb = [0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
     let tag = i.send_cmd(0, &cdb, DataDesc::None, DataDesc::Direct(i.desc(0, 32)));
     assert!(i.wait(tag).good());
     let cap = i.mem_read(0, 12);
-    assert_eq!(u64::from_be_bytes(cap[..8].try_into().unwrap()), 64 * 2048 - 1);
+    assert_eq!(
+        u64::from_be_bytes(cap[..8].try_into().unwrap()),
+        64 * 2048 - 1
+    );
     assert_eq!(u32::from_be_bytes(cap[8..12].try_into().unwrap()), 512);
 
     // TEST UNIT READY, REPORT LUNS.
@@ -128,10 +166,22 @@ fn login_response_and_scsi_basics() {
 
 #[test]
 fn read_write_verify_direct_multi_window() {
-    let opts = target::TargetOptions { max_window: 256 << 10, pool_bytes: 2 << 20, ..Default::default() };
-    let fx = Fx::with_options(4502, vec![(0, malloc("m4502", 64))], &[initiator_port(1)], opts);
+    let opts = target::TargetOptions {
+        max_window: 256 << 10,
+        pool_bytes: 2 << 20,
+        ..Default::default()
+    };
+    let fx = Fx::with_options(
+        4502,
+        vec![(0, malloc("m4502", 64))],
+        &[initiator_port(1)],
+        opts,
+    );
     let mut i = fx.login(1);
-    for (k, len) in [512usize, 4096, 65536, 1 << 20, 4 << 20].into_iter().enumerate() {
+    for (k, len) in [512usize, 4096, 65536, 1 << 20, 4 << 20]
+        .into_iter()
+        .enumerate()
+    {
         let data = pattern(len, k as u64 + 1);
         let lba = (k as u64) * 9000;
         let r = i.write(0, lba, &data, 0);
@@ -148,7 +198,12 @@ fn read_write_verify_direct_multi_window() {
         let off = (k as usize) * (128 << 10);
         i.mem_write(off, &data);
         let d = i.desc(off, 128 << 10);
-        tags.push(i.send_cmd(0, &cdb_rw16(true, 40000 + k * 256, 256), DataDesc::Direct(d), DataDesc::None));
+        tags.push(i.send_cmd(
+            0,
+            &cdb_rw16(true, 40000 + k * 256, 256),
+            DataDesc::Direct(d),
+            DataDesc::None,
+        ));
     }
     for t in tags {
         assert!(i.wait(t).good());
@@ -157,13 +212,21 @@ fn read_write_verify_direct_multi_window() {
     let mut tags = Vec::new();
     for k in 0..24u64 {
         let d = i.desc((k as usize) * (128 << 10), 128 << 10);
-        tags.push(i.send_cmd(0, &cdb_rw16(false, 40000 + k * 256, 256), DataDesc::None, DataDesc::Direct(d)));
+        tags.push(i.send_cmd(
+            0,
+            &cdb_rw16(false, 40000 + k * 256, 256),
+            DataDesc::None,
+            DataDesc::Direct(d),
+        ));
     }
     for t in tags {
         assert!(i.wait(t).good());
     }
     for k in 0..24u64 {
-        assert!(i.mem_read((k as usize) * (128 << 10), 128 << 10) == pattern(128 << 10, 100 + k), "buffer {k}");
+        assert!(
+            i.mem_read((k as usize) * (128 << 10), 128 << 10) == pattern(128 << 10, 100 + k),
+            "buffer {k}"
+        );
     }
     assert_eq!(i.req_lim, 32, "every credit came back");
 }
@@ -188,7 +251,12 @@ fn indirect_descriptors_inline_and_fetched() {
         i.mem_write(o, &data[pos..pos + d.len as usize]);
         pos += d.len as usize;
     }
-    let tag = i.send_cmd(0, &cdb_rw16(true, 100, 32), Initiator::indirect_inline(&descs), DataDesc::None);
+    let tag = i.send_cmd(
+        0,
+        &cdb_rw16(true, 100, 32),
+        Initiator::indirect_inline(&descs),
+        DataDesc::None,
+    );
     assert!(i.wait(tag).good());
     let (r, back) = i.read(0, 100, 16384, 1 << 20);
     assert!(r.good());
@@ -223,7 +291,12 @@ fn indirect_descriptors_inline_and_fetched() {
 
     let d255: Vec<DirectBuf> = (0..255).map(|k| i.desc(k * 8192, 4096)).collect();
     i.mem_write(0, &vec![0u8; 255 * 8192]);
-    let tag = i.send_cmd(0, &cdb_rw16(false, 5000, 2040), DataDesc::None, Initiator::indirect_inline(&d255));
+    let tag = i.send_cmd(
+        0,
+        &cdb_rw16(false, 5000, 2040),
+        DataDesc::None,
+        Initiator::indirect_inline(&d255),
+    );
     assert!(i.wait(tag).good());
     let mut got = Vec::new();
     for d in &d255 {
@@ -246,8 +319,16 @@ fn immediate_data_writes() {
     }
     // Immediate data shorter than the CDB's transfer: overflow, rejected.
     let data = pattern(1024, 1);
-    let im = srp::ImmediateData { offset: 68, data: &data };
-    let tag = i.send_cmd(0, &cdb_rw16(true, 0, 4), DataDesc::Immediate(im), DataDesc::None);
+    let im = srp::ImmediateData {
+        offset: 68,
+        data: &data,
+    };
+    let tag = i.send_cmd(
+        0,
+        &cdb_rw16(true, 0, 4),
+        DataDesc::Immediate(im),
+        DataDesc::None,
+    );
     let r = i.wait(tag);
     assert_eq!(r.status, 2);
     assert_eq!(r.sense_key(), Some((5, 0x0e, 0x03)));
@@ -265,13 +346,21 @@ fn credits_are_returned_and_reported() {
     let mut tags = Vec::new();
     for k in 0..31u64 {
         let d = i.desc(k as usize * 4096, 4096);
-        tags.push(i.send_cmd(0, &cdb_rw16(false, k * 8, 8), DataDesc::None, DataDesc::Direct(d)));
+        tags.push(i.send_cmd(
+            0,
+            &cdb_rw16(false, k * 8, 8),
+            DataDesc::None,
+            DataDesc::Direct(d),
+        ));
     }
     assert_eq!(i.req_lim, 1);
     std::thread::sleep(Duration::from_millis(5));
     let s = fx.t().sessions_json();
     let ch = &s["sessions"][0]["channels"][0];
-    assert_eq!(s["sessions"][0]["initiator_port_id"], port_str(&initiator_port(1)));
+    assert_eq!(
+        s["sessions"][0]["initiator_port_id"],
+        port_str(&initiator_port(1))
+    );
     assert_eq!(ch["req_lim"], 32);
     assert_eq!(ch["state"], "live");
     let mut delta = 0;
@@ -300,15 +389,24 @@ fn login_rejects() {
     // Wrong target port id.
     let mut req = login_req(initiator_port(1));
     req.target_port_id = srp::PortId::from_parts(1, 2);
-    assert_eq!(login(addr(4506), req, 4096).rejected().reason, LoginRejReason::UnableAssociateChannel);
+    assert_eq!(
+        login(addr(4506), req, 4096).rejected().reason,
+        LoginRejReason::UnableAssociateChannel
+    );
     // IU length too large.
     let mut req = login_req(initiator_port(1));
     req.req_it_iu_len = 1 << 20;
-    assert_eq!(login(addr(4506), req, 4096).rejected().reason, LoginRejReason::ReqItIuLengthTooLarge);
+    assert_eq!(
+        login(addr(4506), req, 4096).rejected().reason,
+        LoginRejReason::ReqItIuLengthTooLarge
+    );
     // No supported descriptor format.
     let mut req = login_req(initiator_port(1));
     req.req_buf_fmt = srp::BufFormats(0);
-    assert_eq!(login(addr(4506), req, 4096).rejected().reason, LoginRejReason::UnsupportedDescriptorFormat);
+    assert_eq!(
+        login(addr(4506), req, 4096).rejected().reason,
+        LoginRejReason::UnsupportedDescriptorFormat
+    );
     assert_eq!(fx.t().channel_count(), 0);
     // The admitted initiator still gets in.
     let mut i = fx.login(1);
@@ -319,7 +417,9 @@ fn login_rejects() {
 fn empty_acl_admits_nobody_star_admits_all() {
     let fx = Fx::new(4507, vec![(0, malloc("m4507", 4))], &[]);
     assert_eq!(
-        login(addr(4507), login_req(initiator_port(1)), 4096).rejected().reason,
+        login(addr(4507), login_req(initiator_port(1)), 4096)
+            .rejected()
+            .reason,
         LoginRejReason::ChannelLimitReached
     );
     drop(fx);
@@ -335,25 +435,46 @@ fn empty_acl_admits_nobody_star_admits_all() {
 
 fn tmf(i: &mut Initiator, lun: u16, function: TaskMgmtFunction, task_tag: u64) -> u64 {
     let tag = i.tag();
-    let iu = TskMgmt { sol_not: 0, tag, lun: Lun::from_single_level(lun).unwrap(), function, task_tag }.to_vec().unwrap();
+    let iu = TskMgmt {
+        sol_not: 0,
+        tag,
+        lun: Lun::from_single_level(lun).unwrap(),
+        function,
+        task_tag,
+    }
+    .to_vec()
+    .unwrap();
     i.send_raw(&iu);
     tag
 }
 
 #[test]
 fn abort_task_and_lun_reset() {
-    let slow = Arc::new(bdev::delay::create("d4509", malloc("m4509", 16), 200_000, 200_000).unwrap());
-    let fx = Fx::new(4509, vec![(0, slow), (1, malloc("m4509b", 16))], &[initiator_port(1)]);
+    let slow =
+        Arc::new(bdev::delay::create("d4509", malloc("m4509", 16), 200_000, 200_000).unwrap());
+    let fx = Fx::new(
+        4509,
+        vec![(0, slow), (1, malloc("m4509b", 16))],
+        &[initiator_port(1)],
+    );
     let mut i = fx.login(1);
     // ABORT TASK of a write stuck in the (slow) bdev.
     i.mem_write(0, &pattern(4096, 3));
-    let victim = i.send_cmd(0, &cdb_rw16(true, 0, 8), DataDesc::Direct(i.desc(0, 4096)), DataDesc::None);
+    let victim = i.send_cmd(
+        0,
+        &cdb_rw16(true, 0, 8),
+        DataDesc::Direct(i.desc(0, 4096)),
+        DataDesc::None,
+    );
     std::thread::sleep(Duration::from_millis(20));
     let t = tmf(&mut i, 0, TaskMgmtFunction::AbortTask, victim);
     let r = i.wait(t);
     assert_eq!(r.tmf_code(), Some(srp::tsk_mgmt_rsp::COMPLETE));
     assert_eq!(r.delta, 2, "the TMF and the aborted command's credits");
-    assert!(i.try_wait(victim, Duration::from_millis(400)).is_none(), "aborted task answered");
+    assert!(
+        i.try_wait(victim, Duration::from_millis(400)).is_none(),
+        "aborted task answered"
+    );
     assert_eq!(i.req_lim, 32);
     // ABORT TASK of an unknown tag: FUNCTION COMPLETE.
     let t = tmf(&mut i, 0, TaskMgmtFunction::AbortTask, 0xdead);
@@ -362,9 +483,19 @@ fn abort_task_and_lun_reset() {
     // LUN RESET with many commands in flight on LUN 0, one on LUN 1.
     let mut victims = Vec::new();
     for k in 0..10u64 {
-        victims.push(i.send_cmd(0, &cdb_rw16(false, k, 1), DataDesc::None, DataDesc::Direct(i.desc(k as usize * 512, 512))));
+        victims.push(i.send_cmd(
+            0,
+            &cdb_rw16(false, k, 1),
+            DataDesc::None,
+            DataDesc::Direct(i.desc(k as usize * 512, 512)),
+        ));
     }
-    let other = i.send_cmd(1, &cdb_rw16(false, 0, 1), DataDesc::None, DataDesc::Direct(i.desc(1 << 20, 512)));
+    let other = i.send_cmd(
+        1,
+        &cdb_rw16(false, 0, 1),
+        DataDesc::None,
+        DataDesc::Direct(i.desc(1 << 20, 512)),
+    );
     std::thread::sleep(Duration::from_millis(20));
     let t = tmf(&mut i, 0, TaskMgmtFunction::LunReset, 0);
     let r = i.wait(t);
@@ -382,7 +513,12 @@ fn abort_task_and_lun_reset() {
     let mut victims = Vec::new();
     for k in 0..4u64 {
         let d = i.desc(k as usize * 512, 512);
-        victims.push(i.send_cmd(0, &cdb_rw16(true, 100 + k, 1), DataDesc::Direct(d), DataDesc::None));
+        victims.push(i.send_cmd(
+            0,
+            &cdb_rw16(true, 100 + k, 1),
+            DataDesc::Direct(d),
+            DataDesc::None,
+        ));
     }
     std::thread::sleep(Duration::from_millis(20));
     let t = tmf(&mut i, 0, TaskMgmtFunction::AbortTaskSet, 0);
@@ -408,7 +544,10 @@ fn initiator_logout_disconnects() {
     assert!(i.write(0, 0, &pattern(512, 1), 0).good());
     fx.wait_channels(1);
     i.logout();
-    assert!(i.wait_disconnected(Duration::from_secs(5)), "target disconnects after I_LOGOUT");
+    assert!(
+        i.wait_disconnected(Duration::from_secs(5)),
+        "target disconnects after I_LOGOUT"
+    );
     fx.wait_channels(0);
     let mut j = fx.login(1);
     let (r, back) = j.read(0, 0, 512, 0);
@@ -431,7 +570,12 @@ fn disconnect_mid_io_loses_no_acknowledged_write() {
             let off = (k as usize % 64) * 8192;
             i.mem_write(off, &pattern(8192, 1000 + k));
             let d = i.desc(off, 8192);
-            let tag = i.send_cmd(0, &cdb_rw16(true, k * 16, 16), DataDesc::Direct(d), DataDesc::None);
+            let tag = i.send_cmd(
+                0,
+                &cdb_rw16(true, k * 16, 16),
+                DataDesc::Direct(d),
+                DataDesc::None,
+            );
             inflight.push((tag, k));
             k += 1;
         }
@@ -457,13 +601,20 @@ fn disconnect_mid_io_loses_no_acknowledged_write() {
     for n in &acked {
         let (r, back) = j.read(0, n * 16, 8192, 0);
         assert!(r.good());
-        assert!(back == pattern(8192, 1000 + n), "acknowledged write {n} lost");
+        assert!(
+            back == pattern(8192, 1000 + n),
+            "acknowledged write {n} lost"
+        );
     }
 }
 
 #[test]
 fn multichannel_single_and_multi() {
-    let fx = Fx::new(4512, vec![(0, malloc("m4512", 4))], &[initiator_port(1), initiator_port(2)]);
+    let fx = Fx::new(
+        4512,
+        vec![(0, malloc("m4512", 4))],
+        &[initiator_port(1), initiator_port(2)],
+    );
     let mut a = fx.login(1);
     let mut req = login_req(initiator_port(1));
     req.multichannel = MultiChannelAction::Multi;
@@ -482,7 +633,10 @@ fn multichannel_single_and_multi() {
     assert_eq!(c.login_rsp.multichannel, MultiChannelResult::Terminated);
     assert!(a.wait_disconnected(Duration::from_secs(5)));
     assert!(b.wait_disconnected(Duration::from_secs(5)));
-    assert!(a.other_ius.iter().any(|iu| iu[0] == 0x80), "T_LOGOUT sent to the terminated channel");
+    assert!(
+        a.other_ius.iter().any(|iu| iu[0] == 0x80),
+        "T_LOGOUT sent to the terminated channel"
+    );
     assert!(!other.wait_disconnected(Duration::from_millis(50)));
     fx.wait_channels(2);
     let (r, back) = c.read(0, 0, 1024, 0);
@@ -525,7 +679,10 @@ fn two_initiators_two_luns_concurrently() {
     let (r, b) = inis[0].read(7, 10_000, 512, 0);
     assert!(r.good());
     assert_ne!(a, b);
-    assert_eq!(fx.t().sessions_json()["sessions"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        fx.t().sessions_json()["sessions"].as_array().unwrap().len(),
+        2
+    );
 }
 
 #[test]
@@ -555,24 +712,52 @@ fn bad_ius_get_check_condition_or_logout() {
     i.send_raw(&b);
     assert_eq!(i.wait(78).sense_key(), Some((5, 0x0e, 0x03)));
     // Buffer smaller than the transfer: overflow.
-    let tag = i.send_cmd(0, &cdb_rw16(false, 0, 8), DataDesc::None, DataDesc::Direct(i.desc(0, 1024)));
+    let tag = i.send_cmd(
+        0,
+        &cdb_rw16(false, 0, 8),
+        DataDesc::None,
+        DataDesc::Direct(i.desc(0, 1024)),
+    );
     let r = i.wait(tag);
     assert_eq!(r.sense_key(), Some((5, 0x0e, 0x03)));
     assert_eq!(r.di_res, 3072);
     // Buffer larger than the transfer: underflow, GOOD.
-    let tag = i.send_cmd(0, &cdb_rw16(false, 0, 1), DataDesc::None, DataDesc::Direct(i.desc(0, 1024)));
+    let tag = i.send_cmd(
+        0,
+        &cdb_rw16(false, 0, 1),
+        DataDesc::None,
+        DataDesc::Direct(i.desc(0, 1024)),
+    );
     let r = i.wait(tag);
     assert!(r.good());
-    assert_eq!((r.flags & srp::RspFlags::DIUNDER.0 != 0, r.di_res), (true, 512));
+    assert_eq!(
+        (r.flags & srp::RspFlags::DIUNDER.0 != 0, r.di_res),
+        (true, 512)
+    );
     // Unknown CDB opcode, LBA out of range, absent LUN.
     let tag = i.send_cmd(0, &[0xd7, 0, 0, 0, 0, 0], DataDesc::None, DataDesc::None);
     assert_eq!(i.wait(tag).sense_key(), Some((5, 0x20, 0)));
-    let tag = i.send_cmd(0, &cdb_rw16(false, 1 << 40, 1), DataDesc::None, DataDesc::Direct(i.desc(0, 512)));
+    let tag = i.send_cmd(
+        0,
+        &cdb_rw16(false, 1 << 40, 1),
+        DataDesc::None,
+        DataDesc::Direct(i.desc(0, 512)),
+    );
     assert_eq!(i.wait(tag).sense_key(), Some((5, 0x21, 0)));
-    let tag = i.send_cmd(3, &cdb_rw16(false, 0, 1), DataDesc::None, DataDesc::Direct(i.desc(0, 512)));
+    let tag = i.send_cmd(
+        3,
+        &cdb_rw16(false, 0, 1),
+        DataDesc::None,
+        DataDesc::Direct(i.desc(0, 512)),
+    );
     assert_eq!(i.wait(tag).sense_key(), Some((5, 0x25, 0)));
     // INQUIRY to an absent LUN: peripheral qualifier 3.
-    let tag = i.send_cmd(3, &inquiry_cdb(false, 0, 36), DataDesc::None, DataDesc::Direct(i.desc(0, 36)));
+    let tag = i.send_cmd(
+        3,
+        &inquiry_cdb(false, 0, 36),
+        DataDesc::None,
+        DataDesc::Direct(i.desc(0, 36)),
+    );
     assert!(i.wait(tag).good());
     assert_eq!(i.mem_read(0, 1)[0], 0x7f);
     // Truncated TSK_MGMT (has a tag): FIELDS INVALID.
@@ -580,14 +765,20 @@ fn bad_ius_get_check_condition_or_logout() {
     iu[0] = 0x01;
     iu[8..16].copy_from_slice(&79u64.to_be_bytes());
     i.send_raw(&iu);
-    assert_eq!(i.wait(79).tmf_code(), Some(srp::tsk_mgmt_rsp::FIELDS_INVALID));
+    assert_eq!(
+        i.wait(79).tmf_code(),
+        Some(srp::tsk_mgmt_rsp::FIELDS_INVALID)
+    );
     assert_eq!(i.req_lim, 32);
     // An unknown IU type: T_LOGOUT, then disconnect.
     let mut iu = [0u8; 16];
     iu[0] = 0x55;
     i.send_raw(&iu);
     assert!(i.wait_disconnected(Duration::from_secs(5)));
-    assert!(i.other_ius.iter().any(|iu| iu[0] == 0x80 && iu[7] == 2), "T_LOGOUT invalid IU type");
+    assert!(
+        i.other_ius.iter().any(|iu| iu[0] == 0x80 && iu[7] == 2),
+        "T_LOGOUT invalid IU type"
+    );
     fx.wait_channels(0);
 
     // An IU without a tag: logout.
@@ -599,8 +790,17 @@ fn bad_ius_get_check_condition_or_logout() {
     // A descriptor with a bad rkey: the RDMA fails, the channel goes down,
     // the target survives.
     let mut i = fx.login(1);
-    let d = DirectBuf { va: i.mem.addr(), key: 0x0bad_0000, len: 512 };
-    i.send_cmd(0, &cdb_rw16(false, 0, 1), DataDesc::None, DataDesc::Direct(d));
+    let d = DirectBuf {
+        va: i.mem.addr(),
+        key: 0x0bad_0000,
+        len: 512,
+    };
+    i.send_cmd(
+        0,
+        &cdb_rw16(false, 0, 1),
+        DataDesc::None,
+        DataDesc::Direct(d),
+    );
     assert!(i.wait_disconnected(Duration::from_secs(5)));
     fx.wait_channels(0);
     let mut i = fx.login(1);
@@ -610,29 +810,49 @@ fn bad_ius_get_check_condition_or_logout() {
 #[test]
 fn bdev_errors_map_to_sense() {
     let eb = Arc::new(bdev::error::create("e4515", malloc("m4515", 4)).unwrap());
-    let fx = Fx::new(4515, vec![(0, Arc::clone(&eb) as Arc<dyn Bdev>)], &[initiator_port(1)]);
+    let fx = Fx::new(
+        4515,
+        vec![(0, Arc::clone(&eb) as Arc<dyn Bdev>)],
+        &[initiator_port(1)],
+    );
     let mut i = fx.login(1);
-    let inject = |io: bdev::error::InjectIoType, st: bdev::error::InjectStatus| bdev::error::InjectParams {
-        name: "e4515".into(),
-        io_type: Some(io),
-        every: None,
-        range: None,
-        status: Some(st),
-        clear: false,
-    };
-    eb.inject(&inject(bdev::error::InjectIoType::Read, bdev::error::InjectStatus::Medium)).unwrap();
+    let inject =
+        |io: bdev::error::InjectIoType, st: bdev::error::InjectStatus| bdev::error::InjectParams {
+            name: "e4515".into(),
+            io_type: Some(io),
+            every: None,
+            range: None,
+            status: Some(st),
+            clear: false,
+        };
+    eb.inject(&inject(
+        bdev::error::InjectIoType::Read,
+        bdev::error::InjectStatus::Medium,
+    ))
+    .unwrap();
     let (r, _) = i.read(0, 0, 4096, 0);
     assert_eq!((r.status, r.sense_key()), (2, Some((3, 0x11, 0))));
-    eb.inject(&inject(bdev::error::InjectIoType::Write, bdev::error::InjectStatus::Medium)).unwrap();
+    eb.inject(&inject(
+        bdev::error::InjectIoType::Write,
+        bdev::error::InjectStatus::Medium,
+    ))
+    .unwrap();
     let r = i.write(0, 0, &pattern(4096, 1), 0);
     assert_eq!(r.sense_key(), Some((3, 0x0c, 0)));
-    eb.inject(&inject(bdev::error::InjectIoType::Write, bdev::error::InjectStatus::Path)).unwrap();
+    eb.inject(&inject(
+        bdev::error::InjectIoType::Write,
+        bdev::error::InjectStatus::Path,
+    ))
+    .unwrap();
     let r = i.write(0, 0, &pattern(4096, 1), 0);
     assert_eq!(r.sense_key(), Some((4, 0x44, 0)));
     let r = i.write_imm(0, 0, &pattern(4096, 1));
     assert_eq!(r.sense_key(), Some((4, 0x44, 0)));
-    eb.inject(&bdev::error::InjectParams { clear: true, ..inject(bdev::error::InjectIoType::All, Default::default()) })
-        .unwrap();
+    eb.inject(&bdev::error::InjectParams {
+        clear: true,
+        ..inject(bdev::error::InjectIoType::All, Default::default())
+    })
+    .unwrap();
     assert!(i.write(0, 0, &pattern(4096, 1), 0).good());
     assert_eq!(i.req_lim, 32);
 }
@@ -650,20 +870,32 @@ fn unmap_write_same_and_sync_cache() {
     params[16..20].copy_from_slice(&16u32.to_be_bytes());
     i.mem_write(1 << 20, &params);
     let cdb = [0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0];
-    let tag = i.send_cmd(0, &cdb, DataDesc::Direct(i.desc(1 << 20, 24)), DataDesc::None);
+    let tag = i.send_cmd(
+        0,
+        &cdb,
+        DataDesc::Direct(i.desc(1 << 20, 24)),
+        DataDesc::None,
+    );
     let r = i.wait(tag);
     assert!(r.good(), "{r:?}");
     let (r, back) = i.read(0, 0, 65536, 0);
     assert!(r.good());
     let want = pattern(65536, 3);
-    assert!(back[..4096] == want[..4096] && back[4096..12288].iter().all(|&b| b == 0) && back[12288..] == want[12288..]);
+    assert!(
+        back[..4096] == want[..4096]
+            && back[4096..12288].iter().all(|&b| b == 0)
+            && back[12288..] == want[12288..]
+    );
     // WRITE SAME(16) of a non-zero block over 100 blocks, by immediate data.
     let block = pattern(512, 11);
     let mut cdb = [0u8; 16];
     cdb[0] = 0x93;
     cdb[2..10].copy_from_slice(&200u64.to_be_bytes());
     cdb[10..14].copy_from_slice(&100u32.to_be_bytes());
-    let im = srp::ImmediateData { offset: 68, data: &block };
+    let im = srp::ImmediateData {
+        offset: 68,
+        data: &block,
+    };
     let tag = i.send_cmd(0, &cdb, DataDesc::Immediate(im), DataDesc::None);
     assert!(i.wait(tag).good());
     let (r, back) = i.read(0, 200, 51200, 0);
@@ -676,13 +908,22 @@ fn unmap_write_same_and_sync_cache() {
     let (_, back) = i.read(0, 200, 51200, 0);
     assert!(back.iter().all(|&b| b == 0));
     // SYNCHRONIZE CACHE(10).
-    let tag = i.send_cmd(0, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], DataDesc::None, DataDesc::None);
+    let tag = i.send_cmd(
+        0,
+        &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        DataDesc::None,
+        DataDesc::None,
+    );
     assert!(i.wait(tag).good());
 }
 
 #[test]
 fn delete_logs_everyone_out_and_frees_the_port() {
-    let mut fx = Fx::new(4517, vec![(0, malloc("m4517", 4))], &[initiator_port(1), initiator_port(2)]);
+    let mut fx = Fx::new(
+        4517,
+        vec![(0, malloc("m4517", 4))],
+        &[initiator_port(1), initiator_port(2)],
+    );
     let mut a = fx.login(1);
     let mut b = fx.login(2);
     assert!(a.write(0, 0, &pattern(512, 1), 0).good());
@@ -690,7 +931,11 @@ fn delete_logs_everyone_out_and_frees_the_port() {
     let s = fx.t().sessions_json();
     assert_eq!(s["target_port_id"], port_str(&target_port()));
     assert_eq!(s["sessions"].as_array().unwrap().len(), 2);
-    fx.target.take().unwrap().delete(Duration::from_secs(10)).unwrap();
+    fx.target
+        .take()
+        .unwrap()
+        .delete(Duration::from_secs(10))
+        .unwrap();
     assert!(a.wait_disconnected(Duration::from_secs(5)));
     assert!(b.wait_disconnected(Duration::from_secs(5)));
     // The port is free again.

@@ -10,10 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bdev::Bdev;
-use rdma::{AccessFlags, CmChannel, CmEventKind, CmId, Completion, Context, Cq, MrBuf, Pd, Provider, QpCaps, SendWr};
+use rdma::{
+    AccessFlags, CmChannel, CmEventKind, CmId, Completion, Context, Cq, MrBuf, Pd, Provider,
+    QpCaps, SendWr,
+};
 use srp::{
-    BufFormats, DataDesc, DescList, DirectBuf, Encode, ImmediateData, IndirectBuf, LoginRej, LoginReq, LoginRsp, Lun,
-    MultiChannelAction, PortId, SrpCmd, SrpRsp, TaskAttr,
+    BufFormats, DataDesc, DescList, DirectBuf, Encode, ImmediateData, IndirectBuf, LoginRej,
+    LoginReq, LoginRsp, Lun, MultiChannelAction, PortId, SrpCmd, SrpRsp, TaskAttr,
 };
 
 pub const TARGET_ID_EXT: u64 = 0x0002_c903_00aa_bb01;
@@ -57,7 +60,12 @@ pub fn malloc(name: &str, mib: u64) -> Arc<dyn Bdev> {
 }
 
 /// Target parameters on the loopback provider.
-pub fn params(name: &str, port: u16, luns: &[(u16, &str)], acl: &[PortId]) -> target::SrptTargetParams {
+pub fn params(
+    name: &str,
+    port: u16,
+    luns: &[(u16, &str)],
+    acl: &[PortId],
+) -> target::SrptTargetParams {
     serde_json::from_value(serde_json::json!({
         "name": name,
         "listen": format!("127.0.0.1:{port}"),
@@ -132,7 +140,9 @@ impl Login {
     pub fn rejected(self) -> LoginRej {
         match self {
             Login::Rejected(Some(r), _) => r,
-            Login::Rejected(None, reason) => panic!("rejected without LOGIN_REJ (cm reason {reason})"),
+            Login::Rejected(None, reason) => {
+                panic!("rejected without LOGIN_REJ (cm reason {reason})")
+            }
             Login::Accepted(_) => panic!("login accepted, expected a reject"),
             Login::Failed(e) => panic!("login failed: {e}"),
         }
@@ -199,18 +209,35 @@ pub fn login(addr: SocketAddr, req: LoginReq, mem_bytes: usize) -> Login {
         &pd,
         &cq,
         &cq,
-        QpCaps { max_send_wr: 1024, max_recv_wr: RECV_SLOTS as u32, max_send_sge: 1, max_recv_sge: 1, max_inline_data: 0 },
+        QpCaps {
+            max_send_wr: 1024,
+            max_recv_wr: RECV_SLOTS as u32,
+            max_send_sge: 1,
+            max_recv_sge: 1,
+            max_inline_data: 0,
+        },
     )
     .unwrap();
     let recv = MrBuf::new(&pd, RECV_SLOTS * RECV_SLOT).unwrap();
     let send = MrBuf::new(&pd, SEND_SLOTS * req.req_it_iu_len as usize).unwrap();
     // SAFETY: test memory; the tests only touch bytes no command has in flight.
     let mem = unsafe {
-        MrBuf::with_access(&pd, mem_bytes, AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE | AccessFlags::REMOTE_READ)
+        MrBuf::with_access(
+            &pd,
+            mem_bytes,
+            AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE | AccessFlags::REMOTE_READ,
+        )
     }
     .unwrap();
     // SAFETY: as above.
-    let tables = unsafe { MrBuf::with_access(&pd, 1 << 20, AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_READ) }.unwrap();
+    let tables = unsafe {
+        MrBuf::with_access(
+            &pd,
+            1 << 20,
+            AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_READ,
+        )
+    }
+    .unwrap();
     for s in 0..RECV_SLOTS {
         let sge = recv.sge(s * RECV_SLOT, RECV_SLOT as u32).unwrap();
         // SAFETY: the slot stays registered for the Initiator's life.
@@ -248,7 +275,10 @@ pub fn login(addr: SocketAddr, req: LoginReq, mem_bytes: usize) -> Login {
                 send_errors: Vec::new(),
             }))
         }
-        CmEventKind::Rejected { reason, private_data } => Login::Rejected(LoginRej::decode(private_data.as_bytes()).ok(), reason),
+        CmEventKind::Rejected {
+            reason,
+            private_data,
+        } => Login::Rejected(LoginRej::decode(private_data.as_bytes()).ok(), reason),
         other => Login::Failed(format!("connect: {other:?}")),
     }
 }
@@ -275,20 +305,36 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 
 impl Initiator {
     pub fn desc(&self, off: usize, len: u32) -> DirectBuf {
-        DirectBuf { va: self.mem.addr() + off as u64, key: self.mem.rkey(), len }
+        DirectBuf {
+            va: self.mem.addr() + off as u64,
+            key: self.mem.rkey(),
+            len,
+        }
     }
 
     pub fn mem_write(&mut self, off: usize, data: &[u8]) {
         assert!(off + data.len() <= self.mem.len());
         // SAFETY: in range; no command has these bytes in flight (test discipline).
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), (self.mem.addr() as usize + off) as *mut u8, data.len()) }
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                (self.mem.addr() as usize + off) as *mut u8,
+                data.len(),
+            )
+        }
     }
 
     pub fn mem_read(&self, off: usize, len: usize) -> Vec<u8> {
         assert!(off + len <= self.mem.len());
         let mut v = vec![0u8; len];
         // SAFETY: as above.
-        unsafe { std::ptr::copy_nonoverlapping((self.mem.addr() as usize + off) as *const u8, v.as_mut_ptr(), len) }
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (self.mem.addr() as usize + off) as *const u8,
+                v.as_mut_ptr(),
+                len,
+            )
+        }
         v
     }
 
@@ -300,10 +346,18 @@ impl Initiator {
             d.encode_at(&mut b, 0).unwrap();
             // SAFETY: in range of `tables`, not in flight.
             unsafe {
-                std::ptr::copy_nonoverlapping(b.as_ptr(), (self.tables.addr() as usize + off + k * 16) as *mut u8, 16)
+                std::ptr::copy_nonoverlapping(
+                    b.as_ptr(),
+                    (self.tables.addr() as usize + off + k * 16) as *mut u8,
+                    16,
+                )
             }
         }
-        DirectBuf { va: self.tables.addr() + off as u64, key: self.tables.rkey(), len: (descs.len() * 16) as u32 }
+        DirectBuf {
+            va: self.tables.addr() + off as u64,
+            key: self.tables.rkey(),
+            len: (descs.len() * 16) as u32,
+        }
     }
 
     pub fn tag(&mut self) -> u64 {
@@ -324,14 +378,30 @@ impl Initiator {
         let off = slot * self.iu_len;
         assert!(iu.len() <= self.iu_len);
         // SAFETY: the slot's previous SEND completed (bounded outstanding).
-        unsafe { std::ptr::copy_nonoverlapping(iu.as_ptr(), (self.send.addr() as usize + off) as *mut u8, iu.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                iu.as_ptr(),
+                (self.send.addr() as usize + off) as *mut u8,
+                iu.len(),
+            )
+        };
         let sge = self.send.sge(off, iu.len() as u32).unwrap();
         // SAFETY: the send buffer lives as long as the QP.
-        unsafe { self.id.post_send(&SendWr::send(1 << 40 | slot as u64, &[sge])) }.unwrap();
+        unsafe {
+            self.id
+                .post_send(&SendWr::send(1 << 40 | slot as u64, &[sge]))
+        }
+        .unwrap();
         self.sends_outstanding += 1;
     }
 
-    pub fn send_cmd(&mut self, lun: u16, cdb: &[u8], data_out: DataDesc<'_>, data_in: DataDesc<'_>) -> u64 {
+    pub fn send_cmd(
+        &mut self,
+        lun: u16,
+        cdb: &[u8],
+        data_out: DataDesc<'_>,
+        data_in: DataDesc<'_>,
+    ) -> u64 {
         let tag = self.tag();
         let cmd = SrpCmd {
             sol_not: 0,
@@ -433,7 +503,8 @@ impl Initiator {
     }
 
     pub fn wait(&mut self, tag: u64) -> Rsp {
-        self.try_wait(tag, Duration::from_secs(20)).unwrap_or_else(|| panic!("no response for tag {tag}"))
+        self.try_wait(tag, Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("no response for tag {tag}"))
     }
 
     pub fn wait_disconnected(&mut self, t: Duration) -> bool {
@@ -448,14 +519,24 @@ impl Initiator {
     pub fn write(&mut self, lun: u16, lba: u64, data: &[u8], off: usize) -> Rsp {
         self.mem_write(off, data);
         let d = self.desc(off, data.len() as u32);
-        let tag = self.send_cmd(lun, &cdb_rw16(true, lba, (data.len() / 512) as u32), DataDesc::Direct(d), DataDesc::None);
+        let tag = self.send_cmd(
+            lun,
+            &cdb_rw16(true, lba, (data.len() / 512) as u32),
+            DataDesc::Direct(d),
+            DataDesc::None,
+        );
         self.wait(tag)
     }
 
     /// READ(16) into mem[off..] through one direct descriptor.
     pub fn read(&mut self, lun: u16, lba: u64, len: usize, off: usize) -> (Rsp, Vec<u8>) {
         let d = self.desc(off, len as u32);
-        let tag = self.send_cmd(lun, &cdb_rw16(false, lba, (len / 512) as u32), DataDesc::None, DataDesc::Direct(d));
+        let tag = self.send_cmd(
+            lun,
+            &cdb_rw16(false, lba, (len / 512) as u32),
+            DataDesc::None,
+            DataDesc::Direct(d),
+        );
         let r = self.wait(tag);
         let data = self.mem_read(off, len);
         (r, data)
@@ -464,8 +545,12 @@ impl Initiator {
     /// WRITE(16) with immediate data.
     pub fn write_imm(&mut self, lun: u16, lba: u64, data: &[u8]) -> Rsp {
         let im = ImmediateData { offset: 68, data };
-        let tag =
-            self.send_cmd(lun, &cdb_rw16(true, lba, (data.len() / 512) as u32), DataDesc::Immediate(im), DataDesc::None);
+        let tag = self.send_cmd(
+            lun,
+            &cdb_rw16(true, lba, (data.len() / 512) as u32),
+            DataDesc::Immediate(im),
+            DataDesc::None,
+        );
         self.wait(tag)
     }
 
@@ -473,7 +558,11 @@ impl Initiator {
     pub fn indirect_inline<'a>(descs: &'a [DirectBuf]) -> DataDesc<'a> {
         let total: u64 = descs.iter().map(|d| u64::from(d.len)).sum();
         DataDesc::Indirect(IndirectBuf {
-            table_desc: DirectBuf { va: 0, key: 0, len: (descs.len() * 16) as u32 },
+            table_desc: DirectBuf {
+                va: 0,
+                key: 0,
+                len: (descs.len() * 16) as u32,
+            },
             total_len: total as u32,
             partial: DescList::from_slice(descs),
         })
