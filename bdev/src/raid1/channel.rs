@@ -72,6 +72,27 @@ enum Next {
     Done(IoStatus),
 }
 
+/// The array's member states as this channel uses them, recomputed only
+/// when `sb_gen` (bumped by every state change, after it) or the port's
+/// member table moved: the data path reads one atomic per request instead
+/// of every role's state.
+#[derive(Copy, Clone, Debug, Default)]
+struct View {
+    /// `sb_gen` and the port's `config_gen` this view was built at.
+    gen: u64,
+    config: u64,
+    /// In sync (the array can serve I/O while non-zero).
+    insync: u8,
+    /// In sync with a device attached here: read sources.
+    read: u8,
+    /// Read sources that are not write-mostly (all of them if none is).
+    fast: u8,
+    /// Write targets with a device attached here.
+    write: u8,
+    resync: bool,
+    primary: usize,
+}
+
 pub(crate) struct Raid1Channel {
     port: Port,
     shared: Arc<Shared>,
@@ -81,8 +102,10 @@ pub(crate) struct Raid1Channel {
     waitq: VecDeque<u32>,
     cq: CompletionQueue,
     dones: Vec<Done>,
+    view: View,
     last_end: [u64; MAX_MEMBERS],
-    rr: usize,
+    /// Member the last read went to (its stream is checked first).
+    last: usize,
 }
 
 impl Raid1Channel {
@@ -96,10 +119,46 @@ impl Raid1Channel {
             waitq: VecDeque::with_capacity(depth),
             cq: CompletionQueue::with_capacity(depth),
             dones: Vec::with_capacity(depth * (MAX_MEMBERS + 1)),
+            view: View { gen: u64::MAX, ..View::default() },
             last_end: [u64::MAX; MAX_MEMBERS],
-            rr: 0,
+            last: 0,
             info,
         }
+    }
+
+    /// Brings the view up to date: one load when nothing changed. States
+    /// are loaded before the port refreshes (see `Port::live_targets`).
+    fn update_view(&mut self) {
+        let sh = &*self.shared;
+        let g = sh.sb_gen.load(Acquire);
+        if g == self.view.gen && self.port.seen_config() == self.view.config {
+            return;
+        }
+        let insync = sh.read_sources();
+        let write = sh.write_targets();
+        let resync = sh.resync_active.load(Acquire);
+        self.port.refresh();
+        let attached = self.port.attached_mask();
+        let read = insync & attached;
+        let mut fast = read;
+        for m in 0..MAX_MEMBERS {
+            if fast & (1 << m) != 0 && sh.roles[m].write_mostly.load(Relaxed) {
+                fast &= !(1 << m);
+            }
+        }
+        if fast == 0 {
+            fast = read;
+        }
+        self.view = View {
+            gen: g,
+            config: self.port.seen_config(),
+            insync,
+            read,
+            fast,
+            write: write & attached,
+            resync,
+            primary: sh.primary.load(Acquire),
+        };
     }
 
     fn step(&mut self, s: u32) {
@@ -126,26 +185,18 @@ impl Raid1Channel {
         }
     }
 
-    fn release_regions(&mut self, op: &mut Op) {
-        for r in op.r_first..op.r_next {
-            self.shared.release_shared(r);
-        }
-        op.r_next = op.r_first;
-    }
-
     fn release_excl(&mut self, op: &mut Op) {
-        for r in op.r_first..op.r_next {
-            self.shared.release_excl(r);
-        }
-        op.r_next = op.r_first;
+        release_excl(&self.shared, op);
     }
 
     fn step_op(&mut self, s: u32, op: &mut Op) -> Next {
-        let sh = Arc::clone(&self.shared);
+        let Raid1Channel { port, shared, iovs, view, last_end, last, .. } = self;
+        let sh: &Shared = shared;
+        let iovs: &[IoVec] = &iovs[s as usize];
         loop {
             match op.phase {
                 Phase::Acquire => {
-                    if sh.read_sources() == 0 {
+                    if view.insync == 0 {
                         return Next::Done(IoStatus::PathError);
                     }
                     while op.r_next <= op.r_last {
@@ -157,13 +208,15 @@ impl Raid1Channel {
                             Err(()) => return Next::Wait,
                         }
                     }
-                    op.bm_mark = sh.bm_failures.load(Acquire);
                     op.phase = Phase::WaitBitmap;
+                    if op.need_bm {
+                        op.bm_mark = sh.bm_failures.load(Acquire);
+                    }
                 }
                 Phase::WaitBitmap => {
                     if op.need_bm {
                         if sh.read_sources() == 0 {
-                            self.release_regions(op);
+                            release_shared(sh, op);
                             return Next::Done(IoStatus::PathError);
                         }
                         let mut all = true;
@@ -173,7 +226,7 @@ impl Raid1Channel {
                                 all = false;
                                 let b = sh.bm_block_of(r);
                                 if b != last_b {
-                                    self.port.persist_bitmap(b);
+                                    port.persist_bitmap(b);
                                     last_b = b;
                                 }
                             }
@@ -182,50 +235,54 @@ impl Raid1Channel {
                             // Two bitmap writes that reached no member since
                             // we set our bits: the second had them.
                             if sh.bm_failures.load(Acquire) >= op.bm_mark + 2 {
-                                self.release_regions(op);
+                                release_shared(sh, op);
                                 return Next::Done(IoStatus::MediumError);
                             }
                             return Next::Wait;
                         }
                         op.need_bm = false;
+                        // Waited: the member table may have moved meanwhile.
+                        op.to_issue = port.live_targets();
+                        op.insync = sh.read_sources() & op.to_issue;
+                    } else {
+                        op.to_issue = view.write;
+                        op.insync = view.insync & view.write;
                     }
-                    op.to_issue = self.port.live_targets();
-                    op.insync = sh.read_sources() & op.to_issue;
                     if op.insync == 0 {
-                        self.release_regions(op);
+                        release_shared(sh, op);
                         return Next::Done(IoStatus::PathError);
                     }
                     op.phase = Phase::Issue;
                 }
                 Phase::Issue => {
                     let off = if op.io_type.has_range() { op.offset + sh.layout.data_offset } else { 0 };
-                    for m in 0..MAX_MEMBERS {
-                        if op.to_issue & (1 << m) == 0 {
-                            continue;
-                        }
-                        let req = IoRequest {
-                            io_type: op.io_type,
-                            offset_blocks: off,
-                            num_blocks: op.num,
-                            iovs: &self.iovs[s as usize],
-                            fua: op.fua,
-                        };
+                    let req = IoRequest { io_type: op.io_type, offset_blocks: off, num_blocks: op.num, iovs, fua: op.fua };
+                    // Masks in locals: the loop does not reload them from
+                    // the op between child submits.
+                    let mut left = op.to_issue;
+                    let mut todo = left;
+                    let mut pending = op.pending;
+                    while todo != 0 {
+                        let m = todo.trailing_zeros() as usize;
+                        todo &= todo - 1;
                         // SAFETY: the iovecs are the submitter's, lent to us
                         // until we report this op, which happens only after
                         // every child completed.
-                        match unsafe { self.port.submit(m, &req, KIND_USER, s) } {
+                        match unsafe { port.submit(m, &req, KIND_USER, s) } {
                             Ok(()) => {
-                                op.pending += 1;
-                                op.to_issue &= !(1 << m);
+                                pending += 1;
+                                left &= !(1 << m);
                             }
-                            Err(SubmitErr::Gone) => op.to_issue &= !(1 << m),
+                            Err(SubmitErr::Gone) => left &= !(1 << m),
                             Err(SubmitErr::Full) => {}
                         }
                     }
-                    if op.to_issue != 0 {
+                    op.to_issue = left;
+                    op.pending = pending;
+                    if left != 0 {
                         return Next::Wait;
                     }
-                    if op.pending > 0 {
+                    if pending > 0 {
                         op.phase = Phase::InFlight;
                         return Next::InFlight;
                     }
@@ -235,7 +292,7 @@ impl Raid1Channel {
                     return Next::InFlight
                 }
                 Phase::Finish => {
-                    self.release_regions(op);
+                    release_shared(sh, op);
                     if op.io_type == IoType::Reset {
                         return Next::Done(IoStatus::Success);
                     }
@@ -249,28 +306,24 @@ impl Raid1Channel {
                     if sh.sb_done.load(Acquire) >= op.sb_need {
                         return Next::Done(IoStatus::Success);
                     }
-                    self.port.persist_sb();
+                    port.persist_sb();
                     return Next::Wait;
                 }
                 Phase::Read => {
-                    let mut sources = sh.read_sources() & !op.tried;
-                    for m in 0..MAX_MEMBERS {
-                        if !self.port.attached(m) {
-                            sources &= !(1 << m);
-                        }
-                    }
+                    let sources = view.read & !op.tried;
                     if sources == 0 {
                         return Next::Done(if op.err.is_ok() { IoStatus::PathError } else { op.err });
                     }
-                    let m = self.pick(op, sources);
-                    let req = IoRequest::read(op.offset + sh.layout.data_offset, op.num, &self.iovs[s as usize]);
+                    let m = pick(sh, view, &port.outstanding, last_end, *last, op, sources);
+                    let req = IoRequest::read(op.offset + sh.layout.data_offset, op.num, iovs);
                     // SAFETY: as for writes: lent until we report the op.
-                    match unsafe { self.port.submit(m, &req, KIND_USER, s) } {
+                    match unsafe { port.submit(m, &req, KIND_USER, s) } {
                         Ok(()) => {
                             op.src = m as u8;
                             op.tried |= 1 << m;
                             op.pending = 1;
-                            self.last_end[m] = op.offset + op.num;
+                            last_end[m] = op.offset + op.num;
+                            *last = m;
                             op.phase = Phase::ReadInFlight;
                             return Next::InFlight;
                         }
@@ -289,9 +342,9 @@ impl Raid1Channel {
                 }
                 Phase::RepairRead => {
                     let m = op.src as usize;
-                    let req = IoRequest::read(op.offset + sh.layout.data_offset, op.num, &self.iovs[s as usize]);
+                    let req = IoRequest::read(op.offset + sh.layout.data_offset, op.num, iovs);
                     // SAFETY: as above.
-                    match unsafe { self.port.submit(m, &req, KIND_USER, s) } {
+                    match unsafe { port.submit(m, &req, KIND_USER, s) } {
                         Ok(()) => {
                             op.pending = 1;
                             op.phase = Phase::RepairReadInFlight;
@@ -299,29 +352,31 @@ impl Raid1Channel {
                         }
                         Err(SubmitErr::Full) => return Next::Wait,
                         Err(SubmitErr::Gone) => {
-                            self.release_excl(op);
+                            release_excl(sh, op);
                             return Next::Done(IoStatus::PathError);
                         }
                     }
                 }
                 Phase::RepairWrite => {
                     let off = op.offset + sh.layout.data_offset;
-                    for m in 0..MAX_MEMBERS {
-                        if op.to_issue & (1 << m) == 0 {
-                            continue;
-                        }
-                        let req = IoRequest::write(off, op.num, &self.iovs[s as usize]);
+                    let req = IoRequest::write(off, op.num, iovs);
+                    let mut left = op.to_issue;
+                    let mut todo = left;
+                    while todo != 0 {
+                        let m = todo.trailing_zeros() as usize;
+                        todo &= todo - 1;
                         // SAFETY: as above (we only read the user's buffer).
-                        match unsafe { self.port.submit(m, &req, KIND_USER, s) } {
+                        match unsafe { port.submit(m, &req, KIND_USER, s) } {
                             Ok(()) => {
                                 op.pending += 1;
-                                op.to_issue &= !(1 << m);
+                                left &= !(1 << m);
                             }
-                            Err(SubmitErr::Gone) => op.to_issue &= !(1 << m),
+                            Err(SubmitErr::Gone) => left &= !(1 << m),
                             Err(SubmitErr::Full) => {}
                         }
                     }
-                    if op.to_issue != 0 {
+                    op.to_issue = left;
+                    if left != 0 {
                         return Next::Wait;
                     }
                     if op.pending > 0 {
@@ -331,48 +386,12 @@ impl Raid1Channel {
                     op.phase = Phase::RepairDone;
                 }
                 Phase::RepairDone => {
-                    self.release_excl(op);
+                    release_excl(sh, op);
                     sh.read_repairs.fetch_add(1, Relaxed);
                     return Next::Done(IoStatus::Success);
                 }
             }
         }
-    }
-
-    /// Chooses the member to read from among `sources`.
-    fn pick(&mut self, op: &Op, sources: u8) -> usize {
-        let sh = &self.shared;
-        if sh.resync_active.load(Acquire) && op.r_last >= sh.resync_cursor.load(Acquire) {
-            let p = sh.primary.load(Acquire);
-            if sources & (1 << p) != 0 {
-                return p;
-            }
-        }
-        let mut cand = sources;
-        for m in 0..MAX_MEMBERS {
-            if cand & (1 << m) != 0 && sh.roles[m].write_mostly.load(Relaxed) {
-                cand &= !(1 << m);
-            }
-        }
-        if cand == 0 {
-            cand = sources;
-        }
-        for m in 0..MAX_MEMBERS {
-            if cand & (1 << m) != 0 && self.last_end[m] == op.offset {
-                return m;
-            }
-        }
-        self.rr = self.rr.wrapping_add(1);
-        let mut best = usize::MAX;
-        let mut best_q = u32::MAX;
-        for k in 0..MAX_MEMBERS {
-            let m = (k + self.rr) % MAX_MEMBERS;
-            if cand & (1 << m) != 0 && self.port.outstanding[m] < best_q {
-                best = m;
-                best_q = self.port.outstanding[m];
-            }
-        }
-        best
     }
 
     fn on_done(&mut self, d: Done) {
@@ -452,6 +471,70 @@ impl Raid1Channel {
     }
 }
 
+fn release_shared(sh: &Shared, op: &mut Op) {
+    for r in op.r_first..op.r_next {
+        sh.release_shared(r);
+    }
+    op.r_next = op.r_first;
+}
+
+fn release_excl(sh: &Shared, op: &mut Op) {
+    for r in op.r_first..op.r_next {
+        sh.release_excl(r);
+    }
+    op.r_next = op.r_first;
+}
+
+/// Chooses the member to read from among `sources` (a subset of the
+/// view's read sources): O(members), no atomics except the resync cursor
+/// while an unclean-shutdown resync runs.
+fn pick(
+    sh: &Shared,
+    view: &View,
+    outstanding: &[u32; MAX_MEMBERS],
+    last_end: &[u64; MAX_MEMBERS],
+    last: usize,
+    op: &Op,
+    sources: u8,
+) -> usize {
+    if view.resync && op.r_last >= sh.resync_cursor.load(Acquire) && sources & (1 << view.primary) != 0 {
+        return view.primary;
+    }
+    let mut cand = sources & view.fast;
+    if cand == 0 {
+        cand = sources;
+    }
+    if cand & (cand - 1) == 0 {
+        return cand.trailing_zeros() as usize;
+    }
+    // A sequential stream stays on its member (the latest stream first).
+    if cand & (1 << last) != 0 && last_end[last] == op.offset {
+        return last;
+    }
+    let mut c = cand;
+    while c != 0 {
+        let m = c.trailing_zeros() as usize;
+        c &= c - 1;
+        if last_end[m] == op.offset {
+            return m;
+        }
+    }
+    // Least outstanding on this channel; on a tie the lowest role (as md:
+    // an idle member is taken first).
+    let mut best = usize::MAX;
+    let mut best_q = u32::MAX;
+    let mut c = cand;
+    while c != 0 {
+        let m = c.trailing_zeros() as usize;
+        c &= c - 1;
+        if outstanding[m] < best_q {
+            best = m;
+            best_q = outstanding[m];
+        }
+    }
+    best
+}
+
 impl BdevChannel for Raid1Channel {
     unsafe fn submit(&mut self, req: &IoRequest<'_>, tag: u64) -> Result<(), QueueFull> {
         if self.ops.is_full() || self.cq.len() >= self.info.queue_depth {
@@ -492,13 +575,13 @@ impl BdevChannel for Raid1Channel {
         let v = &mut self.iovs[s as usize];
         v.clear();
         v.extend_from_slice(req.iovs);
-        self.port.refresh();
+        self.update_view();
         self.step(s);
         Ok(())
     }
 
     fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
-        self.port.refresh();
+        self.update_view();
         let mut dones = std::mem::take(&mut self.dones);
         self.port.poll(&mut |d| dones.push(d));
         for d in dones.drain(..) {

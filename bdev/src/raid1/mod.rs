@@ -15,7 +15,9 @@
 //!   last in-sync member is never failed by an I/O error: the I/O fails.
 //! * Reads go to in-sync members only: a sequential stream stays on its
 //!   member, otherwise the member with the fewest outstanding I/Os on this
-//!   channel; write-mostly members are read only when nothing else is
+//!   channel (the lowest role on a tie, as md takes an idle disk first);
+//!   the member states are cached per channel and re-read only when the
+//!   superblock generation moves (one atomic load per request); write-mostly members are read only when nothing else is
 //!   left. A failed read is retried on the next member; once one succeeds,
 //!   the range is taken exclusively, re-read from the good member and
 //!   written back over the members that failed (a failed repair write

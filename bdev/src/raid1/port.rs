@@ -78,6 +78,8 @@ pub(crate) struct Port {
     grave: Vec<(usize, Kid)>,
     /// I/O in flight per member on this port (read balancing).
     pub outstanding: [u32; MAX_MEMBERS],
+    /// Roles with a device attached here (kept by `refresh`).
+    attached: u8,
     bm: Vec<BmSlot>,
     sbs: SbSlot,
 }
@@ -91,6 +93,7 @@ impl Port {
             kids: (0..MAX_MEMBERS).map(|_| None).collect(),
             grave: Vec::new(),
             outstanding: [0; MAX_MEMBERS],
+            attached: 0,
             bm: (0..BM_SLOTS)
                 .map(|_| BmSlot { active: false, block: 0, buf: AlignedBuf::new(bs), to_issue: 0, pending: 0, ok: 0 })
                 .collect(),
@@ -114,6 +117,7 @@ impl Port {
             return;
         }
         let members = self.shared.members().clone();
+        self.attached = 0;
         for (m, bdev) in members.iter().enumerate() {
             let want = self.shared.roles[m].slot_gen.load(Acquire);
             let have = self.kids[m].as_ref().map(|k| k.gen);
@@ -134,12 +138,33 @@ impl Port {
                 }
             }
         }
+        for m in 0..MAX_MEMBERS {
+            if self.kids[m].is_some() {
+                self.attached |= 1 << m;
+            }
+        }
         self.seen_config = g;
+    }
+
+    /// The `config_gen` this port's children reflect.
+    pub fn seen_config(&self) -> u64 {
+        self.seen_config
     }
 
     /// Whether a device is attached to role `m` on this port.
     pub fn attached(&self, m: usize) -> bool {
         self.kids[m].is_some()
+    }
+
+    /// Roles with a device attached on this port, as a mask.
+    pub fn attached_mask(&self) -> u8 {
+        self.attached
+    }
+
+    /// Nothing in flight on this port (no child I/O, no metadata write,
+    /// no replaced child still draining): polling it would find nothing.
+    pub fn idle(&self) -> bool {
+        self.outstanding.iter().all(|&n| n == 0) && self.grave.is_empty() && !self.meta_busy()
     }
 
     /// Submits to member `m`.
@@ -194,13 +219,7 @@ impl Port {
     pub fn live_targets(&mut self) -> u8 {
         let t = self.shared.write_targets();
         self.refresh();
-        let mut mask = 0;
-        for m in 0..MAX_MEMBERS {
-            if t & (1 << m) != 0 && self.attached(m) {
-                mask |= 1 << m;
-            }
-        }
-        mask
+        t & self.attached
     }
 
     /// Starts writing bitmap block `b` unless one of ours is already under

@@ -82,9 +82,20 @@ pub struct RebuildTask {
     clear_interval: Duration,
     last_clear: Instant,
     clear_pending: Vec<bool>,
+    /// Bitmap blocks in `clear_pending`.
+    clear_pending_n: usize,
     dones: Vec<Done>,
     blocked_at: Option<u64>,
+    /// `events` when `start_job` last found nothing to start: every state
+    /// change that could make a job startable bumps it.
+    idle_events: Option<u64>,
+    /// Polls since the clock was last read while idle.
+    idle_polls: u32,
 }
+
+/// Idle polls between two looks at the clock (the clearer's period is
+/// seconds; a poll is well under a microsecond).
+const CLOCK_EVERY: u32 = 1024;
 
 impl RebuildTask {
     pub(crate) fn new(shared: Arc<Shared>) -> RebuildTask {
@@ -97,8 +108,11 @@ impl RebuildTask {
             clear_interval: DEFAULT_CLEAR_INTERVAL,
             last_clear: Instant::now(),
             clear_pending: vec![false; n],
+            clear_pending_n: 0,
             dones: Vec::with_capacity(4 * MAX_MEMBERS),
             blocked_at: None,
+            idle_events: None,
+            idle_polls: 0,
         }
     }
 
@@ -118,7 +132,7 @@ impl RebuildTask {
         self.job.is_some()
             || startable
             || sh.sb_done.load(Acquire) < sh.sb_gen.load(Acquire)
-            || self.clear_pending.iter().any(|&p| p)
+            || self.clear_pending_n > 0
             || self.port.as_ref().is_some_and(|p| p.meta_busy())
     }
 
@@ -137,7 +151,28 @@ impl RebuildTask {
     }
 
     /// One step of background work; returns how much was done (0 = idle).
+    ///
+    /// Idle (no job, nothing in flight, no superblock or bitmap write
+    /// wanted, no state change since the last look) it costs a few loads
+    /// and reads the clock only every [`CLOCK_EVERY`] polls.
     pub fn poll(&mut self) -> usize {
+        if self.job.is_none() && self.clear_pending_n == 0 {
+            if let Some(port) = self.port.as_ref() {
+                let sh = &*self.shared;
+                if port.idle()
+                    && self.idle_events == Some(sh.events.load(Acquire))
+                    && port.seen_config() == sh.config_gen.load(Acquire)
+                    && sh.sb_done.load(Acquire) >= sh.sb_gen.load(Acquire)
+                {
+                    self.idle_polls += 1;
+                    if self.idle_polls < CLOCK_EVERY && !self.clear_interval.is_zero() {
+                        return 0;
+                    }
+                    self.idle_polls = 0;
+                    return self.clear();
+                }
+            }
+        }
         let sh = Arc::clone(&self.shared);
         let port = self.port.get_or_insert_with(|| Port::new(Arc::clone(&sh)));
         port.refresh();
@@ -160,7 +195,8 @@ impl RebuildTask {
     fn start_job(&mut self) -> bool {
         let sh = &self.shared;
         let Some(port) = self.port.as_ref() else { return false };
-        if self.blocked_at == Some(sh.events.load(Acquire)) {
+        let events = sh.events.load(Acquire);
+        if self.blocked_at == Some(events) || self.idle_events == Some(events) {
             return false;
         }
         let (mut full, mut bm) = (0u8, 0u8);
@@ -182,6 +218,7 @@ impl RebuildTask {
             }
         }
         if full | bm | resync == 0 {
+            self.idle_events = Some(events);
             return false;
         }
         let total = if full != 0 { sh.regions } else { sh.dirty_count() };
@@ -432,6 +469,7 @@ impl RebuildTask {
         for b in 0..self.clear_pending.len() {
             if self.clear_pending[b] && port.persist_bitmap(b as u64) {
                 self.clear_pending[b] = false;
+                self.clear_pending_n -= 1;
                 work += 1;
             }
         }
@@ -447,7 +485,11 @@ impl RebuildTask {
             }
             let new = if cur & TOUCHED != 0 { cur & !TOUCHED } else { cur & !(DIRTY | ON_DISK) };
             if a.compare_exchange(cur, new, AcqRel, Acquire).is_ok() && new & DIRTY == 0 {
-                self.clear_pending[sh.bm_block_of(r) as usize] = true;
+                let b = sh.bm_block_of(r) as usize;
+                if !self.clear_pending[b] {
+                    self.clear_pending[b] = true;
+                    self.clear_pending_n += 1;
+                }
                 work += 1;
             }
         }
