@@ -162,235 +162,24 @@ impl Raid1Channel {
     }
 
     fn step(&mut self, s: u32) {
-        let Some(mut op) = self.ops.get(s).copied() else { return };
-        match self.step_op(s, &mut op) {
+        let Raid1Channel { port, shared, iovs, view, last_end, last, ops, waitq, cq, .. } = self;
+        // The op is stepped in place: copying it out and back costs a
+        // store-forwarding stall behind the child's data copy.
+        let Some(op) = ops.get_mut(s) else { return };
+        let cx = Cx { port, sh: shared, iovs: &iovs[s as usize], view, last_end, last };
+        match step_op(cx, s, op) {
             Next::Done(st) => {
-                self.ops.remove(s);
-                self.cq.push(op.tag, st);
+                let tag = op.tag;
+                ops.remove(s);
+                cq.push(tag, st);
             }
             Next::Wait => {
                 if !op.waiting {
                     op.waiting = true;
-                    self.waitq.push_back(s);
-                }
-                if let Some(o) = self.ops.get_mut(s) {
-                    *o = op;
+                    waitq.push_back(s);
                 }
             }
-            Next::InFlight => {
-                if let Some(o) = self.ops.get_mut(s) {
-                    *o = op;
-                }
-            }
-        }
-    }
-
-    fn release_excl(&mut self, op: &mut Op) {
-        release_excl(&self.shared, op);
-    }
-
-    fn step_op(&mut self, s: u32, op: &mut Op) -> Next {
-        let Raid1Channel { port, shared, iovs, view, last_end, last, .. } = self;
-        let sh: &Shared = shared;
-        let iovs: &[IoVec] = &iovs[s as usize];
-        loop {
-            match op.phase {
-                Phase::Acquire => {
-                    if view.insync == 0 {
-                        return Next::Done(IoStatus::PathError);
-                    }
-                    while op.r_next <= op.r_last {
-                        match sh.acquire_shared(op.r_next) {
-                            Ok(on_disk) => {
-                                op.need_bm |= !on_disk;
-                                op.r_next += 1;
-                            }
-                            Err(()) => return Next::Wait,
-                        }
-                    }
-                    op.phase = Phase::WaitBitmap;
-                    if op.need_bm {
-                        op.bm_mark = sh.bm_failures.load(Acquire);
-                    }
-                }
-                Phase::WaitBitmap => {
-                    if op.need_bm {
-                        if sh.read_sources() == 0 {
-                            release_shared(sh, op);
-                            return Next::Done(IoStatus::PathError);
-                        }
-                        let mut all = true;
-                        let mut last_b = u64::MAX;
-                        for r in op.r_first..=op.r_last {
-                            if !sh.on_disk(r) {
-                                all = false;
-                                let b = sh.bm_block_of(r);
-                                if b != last_b {
-                                    port.persist_bitmap(b);
-                                    last_b = b;
-                                }
-                            }
-                        }
-                        if !all {
-                            // Two bitmap writes that reached no member since
-                            // we set our bits: the second had them.
-                            if sh.bm_failures.load(Acquire) >= op.bm_mark + 2 {
-                                release_shared(sh, op);
-                                return Next::Done(IoStatus::MediumError);
-                            }
-                            return Next::Wait;
-                        }
-                        op.need_bm = false;
-                        // Waited: the member table may have moved meanwhile.
-                        op.to_issue = port.live_targets();
-                        op.insync = sh.read_sources() & op.to_issue;
-                    } else {
-                        op.to_issue = view.write;
-                        op.insync = view.insync & view.write;
-                    }
-                    if op.insync == 0 {
-                        release_shared(sh, op);
-                        return Next::Done(IoStatus::PathError);
-                    }
-                    op.phase = Phase::Issue;
-                }
-                Phase::Issue => {
-                    let off = if op.io_type.has_range() { op.offset + sh.layout.data_offset } else { 0 };
-                    let req = IoRequest { io_type: op.io_type, offset_blocks: off, num_blocks: op.num, iovs, fua: op.fua };
-                    // Masks in locals: the loop does not reload them from
-                    // the op between child submits.
-                    let mut left = op.to_issue;
-                    let mut todo = left;
-                    let mut pending = op.pending;
-                    while todo != 0 {
-                        let m = todo.trailing_zeros() as usize;
-                        todo &= todo - 1;
-                        // SAFETY: the iovecs are the submitter's, lent to us
-                        // until we report this op, which happens only after
-                        // every child completed.
-                        match unsafe { port.submit(m, &req, KIND_USER, s) } {
-                            Ok(()) => {
-                                pending += 1;
-                                left &= !(1 << m);
-                            }
-                            Err(SubmitErr::Gone) => left &= !(1 << m),
-                            Err(SubmitErr::Full) => {}
-                        }
-                    }
-                    op.to_issue = left;
-                    op.pending = pending;
-                    if left != 0 {
-                        return Next::Wait;
-                    }
-                    if pending > 0 {
-                        op.phase = Phase::InFlight;
-                        return Next::InFlight;
-                    }
-                    op.phase = Phase::Finish;
-                }
-                Phase::InFlight | Phase::ReadInFlight | Phase::RepairReadInFlight | Phase::RepairWriteInFlight => {
-                    return Next::InFlight
-                }
-                Phase::Finish => {
-                    release_shared(sh, op);
-                    if op.io_type == IoType::Reset {
-                        return Next::Done(IoStatus::Success);
-                    }
-                    if op.ok & op.insync == 0 {
-                        return Next::Done(if op.err.is_ok() { IoStatus::PathError } else { op.err });
-                    }
-                    op.sb_need = sh.fail_gen.load(Acquire);
-                    op.phase = Phase::WaitSb;
-                }
-                Phase::WaitSb => {
-                    if sh.sb_done.load(Acquire) >= op.sb_need {
-                        return Next::Done(IoStatus::Success);
-                    }
-                    port.persist_sb();
-                    return Next::Wait;
-                }
-                Phase::Read => {
-                    let sources = view.read & !op.tried;
-                    if sources == 0 {
-                        return Next::Done(if op.err.is_ok() { IoStatus::PathError } else { op.err });
-                    }
-                    let m = pick(sh, view, &port.outstanding, last_end, *last, op, sources);
-                    let req = IoRequest::read(op.offset + sh.layout.data_offset, op.num, iovs);
-                    // SAFETY: as for writes: lent until we report the op.
-                    match unsafe { port.submit(m, &req, KIND_USER, s) } {
-                        Ok(()) => {
-                            op.src = m as u8;
-                            op.tried |= 1 << m;
-                            op.pending = 1;
-                            last_end[m] = op.offset + op.num;
-                            *last = m;
-                            op.phase = Phase::ReadInFlight;
-                            return Next::InFlight;
-                        }
-                        Err(SubmitErr::Gone) => op.tried |= 1 << m,
-                        Err(SubmitErr::Full) => return Next::Wait,
-                    }
-                }
-                Phase::RepairAcquire => {
-                    while op.r_next <= op.r_last {
-                        if !sh.acquire_excl(op.r_next) {
-                            return Next::Wait;
-                        }
-                        op.r_next += 1;
-                    }
-                    op.phase = Phase::RepairRead;
-                }
-                Phase::RepairRead => {
-                    let m = op.src as usize;
-                    let req = IoRequest::read(op.offset + sh.layout.data_offset, op.num, iovs);
-                    // SAFETY: as above.
-                    match unsafe { port.submit(m, &req, KIND_USER, s) } {
-                        Ok(()) => {
-                            op.pending = 1;
-                            op.phase = Phase::RepairReadInFlight;
-                            return Next::InFlight;
-                        }
-                        Err(SubmitErr::Full) => return Next::Wait,
-                        Err(SubmitErr::Gone) => {
-                            release_excl(sh, op);
-                            return Next::Done(IoStatus::PathError);
-                        }
-                    }
-                }
-                Phase::RepairWrite => {
-                    let off = op.offset + sh.layout.data_offset;
-                    let req = IoRequest::write(off, op.num, iovs);
-                    let mut left = op.to_issue;
-                    let mut todo = left;
-                    while todo != 0 {
-                        let m = todo.trailing_zeros() as usize;
-                        todo &= todo - 1;
-                        // SAFETY: as above (we only read the user's buffer).
-                        match unsafe { port.submit(m, &req, KIND_USER, s) } {
-                            Ok(()) => {
-                                op.pending += 1;
-                                left &= !(1 << m);
-                            }
-                            Err(SubmitErr::Gone) => left &= !(1 << m),
-                            Err(SubmitErr::Full) => {}
-                        }
-                    }
-                    op.to_issue = left;
-                    if left != 0 {
-                        return Next::Wait;
-                    }
-                    if op.pending > 0 {
-                        op.phase = Phase::RepairWriteInFlight;
-                        return Next::InFlight;
-                    }
-                    op.phase = Phase::RepairDone;
-                }
-                Phase::RepairDone => {
-                    release_excl(sh, op);
-                    sh.read_repairs.fetch_add(1, Relaxed);
-                    return Next::Done(IoStatus::Success);
-                }
-            }
+            Next::InFlight => {}
         }
     }
 
@@ -399,7 +188,8 @@ impl Raid1Channel {
             return;
         }
         let s = d.idx;
-        let Some(mut op) = self.ops.get(s).copied() else { return };
+        let Raid1Channel { port, shared, ops, cq, .. } = self;
+        let Some(op) = ops.get_mut(s) else { return };
         let bit = 1u8 << d.member;
         let ok = d.status.is_ok() && d.current;
         op.pending = op.pending.saturating_sub(1);
@@ -410,7 +200,7 @@ impl Raid1Channel {
                     op.ok |= bit;
                 } else {
                     if d.current && d.status != IoStatus::Aborted && op.io_type != IoType::Reset {
-                        self.shared.fail_io(d.member, "write failed");
+                        shared.fail_io(d.member, "write failed");
                     }
                     op.bad |= bit;
                     op.err = if d.current { d.status } else { IoStatus::PathError };
@@ -426,8 +216,9 @@ impl Raid1Channel {
                         op.phase = Phase::RepairAcquire;
                         op.r_next = op.r_first;
                     } else {
-                        self.ops.remove(s);
-                        self.cq.push(op.tag, IoStatus::Success);
+                        let tag = op.tag;
+                        ops.remove(s);
+                        cq.push(tag, IoStatus::Success);
                         return;
                     }
                 } else {
@@ -441,19 +232,20 @@ impl Raid1Channel {
             }
             Phase::RepairReadInFlight => {
                 if ok {
-                    op.to_issue = op.bad & self.port.live_targets();
+                    op.to_issue = op.bad & port.live_targets();
                     op.phase = Phase::RepairWrite;
                 } else {
-                    self.release_excl(&mut op);
-                    self.ops.remove(s);
-                    self.cq.push(op.tag, d.status);
+                    release_excl(shared, op);
+                    let tag = op.tag;
+                    ops.remove(s);
+                    cq.push(tag, d.status);
                     return;
                 }
                 step = true;
             }
             Phase::RepairWrite | Phase::RepairWriteInFlight => {
                 if !ok && d.current {
-                    self.shared.fail_io(d.member, "read repair write failed");
+                    shared.fail_io(d.member, "read repair write failed");
                 }
                 if op.pending == 0 && op.to_issue == 0 {
                     op.phase = Phase::RepairDone;
@@ -462,11 +254,221 @@ impl Raid1Channel {
             }
             _ => {}
         }
-        if let Some(o) = self.ops.get_mut(s) {
-            *o = op;
-        }
         if step && !op.waiting {
             self.step(s);
+        }
+    }
+}
+
+/// What [`step_op`] needs besides the op (fields disjoint from the slab).
+struct Cx<'a> {
+    port: &'a mut Port,
+    sh: &'a Shared,
+    iovs: &'a [IoVec],
+    view: &'a View,
+    last_end: &'a mut [u64; MAX_MEMBERS],
+    last: &'a mut usize,
+}
+
+fn step_op(cx: Cx<'_>, s: u32, op: &mut Op) -> Next {
+    let Cx { port, sh, iovs, view, last_end, last } = cx;
+    loop {
+        match op.phase {
+            Phase::Acquire => {
+                if view.insync == 0 {
+                    return Next::Done(IoStatus::PathError);
+                }
+                while op.r_next <= op.r_last {
+                    match sh.acquire_shared(op.r_next) {
+                        Ok(on_disk) => {
+                            op.need_bm |= !on_disk;
+                            op.r_next += 1;
+                        }
+                        Err(()) => return Next::Wait,
+                    }
+                }
+                op.phase = Phase::WaitBitmap;
+                if op.need_bm {
+                    op.bm_mark = sh.bm_failures.load(Acquire);
+                }
+            }
+            Phase::WaitBitmap => {
+                if op.need_bm {
+                    if sh.read_sources() == 0 {
+                        release_shared(sh, op);
+                        return Next::Done(IoStatus::PathError);
+                    }
+                    let mut all = true;
+                    let mut last_b = u64::MAX;
+                    for r in op.r_first..=op.r_last {
+                        if !sh.on_disk(r) {
+                            all = false;
+                            let b = sh.bm_block_of(r);
+                            if b != last_b {
+                                port.persist_bitmap(b);
+                                last_b = b;
+                            }
+                        }
+                    }
+                    if !all {
+                        // Two bitmap writes that reached no member since
+                        // we set our bits: the second had them.
+                        if sh.bm_failures.load(Acquire) >= op.bm_mark + 2 {
+                            release_shared(sh, op);
+                            return Next::Done(IoStatus::MediumError);
+                        }
+                        return Next::Wait;
+                    }
+                    op.need_bm = false;
+                    // Waited: the member table may have moved meanwhile.
+                    op.to_issue = port.live_targets();
+                    op.insync = sh.read_sources() & op.to_issue;
+                } else {
+                    op.to_issue = view.write;
+                    op.insync = view.insync & view.write;
+                }
+                if op.insync == 0 {
+                    release_shared(sh, op);
+                    return Next::Done(IoStatus::PathError);
+                }
+                op.phase = Phase::Issue;
+            }
+            Phase::Issue => {
+                let off = if op.io_type.has_range() { op.offset + sh.layout.data_offset } else { 0 };
+                let req = IoRequest { io_type: op.io_type, offset_blocks: off, num_blocks: op.num, iovs, fua: op.fua };
+                // Masks in locals: the loop does not reload them from
+                // the op between child submits.
+                let mut left = op.to_issue;
+                let mut todo = left;
+                let mut pending = op.pending;
+                while todo != 0 {
+                    let m = todo.trailing_zeros() as usize;
+                    todo &= todo - 1;
+                    // SAFETY: the iovecs are the submitter's, lent to us
+                    // until we report this op, which happens only after
+                    // every child completed.
+                    match unsafe { port.submit(m, &req, KIND_USER, s) } {
+                        Ok(()) => {
+                            pending += 1;
+                            left &= !(1 << m);
+                        }
+                        Err(SubmitErr::Gone) => left &= !(1 << m),
+                        Err(SubmitErr::Full) => {}
+                    }
+                }
+                op.to_issue = left;
+                op.pending = pending;
+                if left != 0 {
+                    return Next::Wait;
+                }
+                if pending > 0 {
+                    op.phase = Phase::InFlight;
+                    return Next::InFlight;
+                }
+                op.phase = Phase::Finish;
+            }
+            Phase::InFlight | Phase::ReadInFlight | Phase::RepairReadInFlight | Phase::RepairWriteInFlight => {
+                return Next::InFlight
+            }
+            Phase::Finish => {
+                release_shared(sh, op);
+                if op.io_type == IoType::Reset {
+                    return Next::Done(IoStatus::Success);
+                }
+                if op.ok & op.insync == 0 {
+                    return Next::Done(if op.err.is_ok() { IoStatus::PathError } else { op.err });
+                }
+                op.sb_need = sh.fail_gen.load(Acquire);
+                op.phase = Phase::WaitSb;
+            }
+            Phase::WaitSb => {
+                if sh.sb_done.load(Acquire) >= op.sb_need {
+                    return Next::Done(IoStatus::Success);
+                }
+                port.persist_sb();
+                return Next::Wait;
+            }
+            Phase::Read => {
+                let sources = view.read & !op.tried;
+                if sources == 0 {
+                    return Next::Done(if op.err.is_ok() { IoStatus::PathError } else { op.err });
+                }
+                let m = pick(sh, view, &port.outstanding, last_end, *last, op, sources);
+                let req = IoRequest::read(op.offset + sh.layout.data_offset, op.num, iovs);
+                // SAFETY: as for writes: lent until we report the op.
+                match unsafe { port.submit(m, &req, KIND_USER, s) } {
+                    Ok(()) => {
+                        op.src = m as u8;
+                        op.tried |= 1 << m;
+                        op.pending = 1;
+                        last_end[m] = op.offset + op.num;
+                        *last = m;
+                        op.phase = Phase::ReadInFlight;
+                        return Next::InFlight;
+                    }
+                    Err(SubmitErr::Gone) => op.tried |= 1 << m,
+                    Err(SubmitErr::Full) => return Next::Wait,
+                }
+            }
+            Phase::RepairAcquire => {
+                while op.r_next <= op.r_last {
+                    if !sh.acquire_excl(op.r_next) {
+                        return Next::Wait;
+                    }
+                    op.r_next += 1;
+                }
+                op.phase = Phase::RepairRead;
+            }
+            Phase::RepairRead => {
+                let m = op.src as usize;
+                let req = IoRequest::read(op.offset + sh.layout.data_offset, op.num, iovs);
+                // SAFETY: as above.
+                match unsafe { port.submit(m, &req, KIND_USER, s) } {
+                    Ok(()) => {
+                        op.pending = 1;
+                        op.phase = Phase::RepairReadInFlight;
+                        return Next::InFlight;
+                    }
+                    Err(SubmitErr::Full) => return Next::Wait,
+                    Err(SubmitErr::Gone) => {
+                        release_excl(sh, op);
+                        return Next::Done(IoStatus::PathError);
+                    }
+                }
+            }
+            Phase::RepairWrite => {
+                let off = op.offset + sh.layout.data_offset;
+                let req = IoRequest::write(off, op.num, iovs);
+                let mut left = op.to_issue;
+                let mut todo = left;
+                while todo != 0 {
+                    let m = todo.trailing_zeros() as usize;
+                    todo &= todo - 1;
+                    // SAFETY: as above (we only read the user's buffer).
+                    match unsafe { port.submit(m, &req, KIND_USER, s) } {
+                        Ok(()) => {
+                            op.pending += 1;
+                            left &= !(1 << m);
+                        }
+                        Err(SubmitErr::Gone) => left &= !(1 << m),
+                        Err(SubmitErr::Full) => {}
+                    }
+                }
+                op.to_issue = left;
+                if left != 0 {
+                    return Next::Wait;
+                }
+                if op.pending > 0 {
+                    op.phase = Phase::RepairWriteInFlight;
+                    return Next::InFlight;
+                }
+                op.phase = Phase::RepairDone;
+            }
+            Phase::RepairDone => {
+                release_excl(sh, op);
+                sh.read_repairs.fetch_add(1, Relaxed);
+                return Next::Done(IoStatus::Success);
+            }
         }
     }
 }

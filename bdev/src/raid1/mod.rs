@@ -17,8 +17,9 @@
 //!   member, otherwise the member with the fewest outstanding I/Os on this
 //!   channel (the lowest role on a tie, as md takes an idle disk first);
 //!   the member states are cached per channel and re-read only when the
-//!   superblock generation moves (one atomic load per request); write-mostly members are read only when nothing else is
-//!   left. A failed read is retried on the next member; once one succeeds,
+//!   superblock generation moves (one atomic load per request).
+//!   Write-mostly members are read only when nothing else is left. A
+//!   failed read is retried on the next member; once one succeeds,
 //!   the range is taken exclusively, re-read from the good member and
 //!   written back over the members that failed (a failed repair write
 //!   marks that member faulty). With no in-sync member left, I/O fails
