@@ -70,6 +70,7 @@ pub const CASES: &[Case] = &[
     ("send_with_imm", send_with_imm),
     ("send_waits_for_recv", send_waits_for_recv),
     ("rdma_write_read_3sge", rdma_write_read_3sge),
+    ("acceptor_reads_with_asymmetric_depths", acceptor_reads_with_asymmetric_depths),
     ("write_beyond_region", write_beyond_region),
     ("wrong_rkey", wrong_rkey),
     ("after_dereg", after_dereg),
@@ -288,11 +289,16 @@ fn client_prepare(env: &Env, c: &mut Side, dst: SocketAddr) -> CaseResult {
 
 /// Listener on `port + off`, client resolved with a QP, connect sent.
 fn start(env: &Env, off: u16, pdata: &[u8]) -> Result<Pending, String> {
+    start_with(env, off, pdata, &opts(env))
+}
+
+/// [`start`] with explicit connection parameters for the client.
+fn start_with(env: &Env, off: u16, pdata: &[u8], o: &ConnectOptions) -> Result<Pending, String> {
     let server = Side::new(env)?;
     let listener = server.chan.listen(env.at(off), 16).ctx("listen")?;
     let mut client = Side::new(env)?;
     client_prepare(env, &mut client, env.at(off))?;
-    client.id().connect_with(pdata, &opts(env)).ctx("connect")?;
+    client.id().connect_with(pdata, o).ctx("connect")?;
     Ok(Pending {
         server,
         client,
@@ -766,6 +772,18 @@ pub fn send_waits_for_recv(env: &Env) -> CaseResult {
 pub fn rdma_write_read_3sge(env: &Env) -> CaseResult {
     let mut pair = connect_pair(env, 0)?;
     rw_one_way(env, &mut pair, true)?;
+    rw_one_way(env, &mut pair, false)
+}
+
+/// The Linux SRP initiator connects with responder_resources 4 and
+/// initiator_depth 0: it serves RDMA READs and issues none. The acceptor
+/// (a target) must still be able to RDMA READ from it — the connect
+/// request's parameters arrive already seen from the acceptor's side, and
+/// swapping them leaves the acceptor's QP with no RDMA READ credit.
+pub fn acceptor_reads_with_asymmetric_depths(env: &Env) -> CaseResult {
+    let o = ConnectOptions { responder_resources: 4, initiator_depth: 0, ..opts(env) };
+    let p = start_with(env, 0, b"srp", &o)?;
+    let (mut pair, _, _) = accept_pending(env, p, b"ok")?;
     rw_one_way(env, &mut pair, false)
 }
 

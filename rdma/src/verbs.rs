@@ -804,8 +804,13 @@ impl CmId {
         let mut p: sys::rdma_conn_param = unsafe { std::mem::zeroed() };
         p.private_data = pdata.as_ptr().cast();
         p.private_data_len = pdata.len() as u8;
-        p.responder_resources = peer_depth.min(rd);
-        p.initiator_depth = peer_rr.min(init);
+        // The CM reports a connect request's parameters from the
+        // acceptor's side already (the kernel's cm_format_req_event sets
+        // `responder_resources` from the REQ's initiator depth): use them
+        // as they are. Swapping them gave ib_srp's connection (rr 4,
+        // depth 0) max_rd_atomic 0 here, and RDMA READs never ran.
+        p.responder_resources = peer_rr.min(rd);
+        p.initiator_depth = peer_depth.min(init);
         p.retry_count = 7;
         p.rnr_retry_count = 7;
         p.flow_control = 1;

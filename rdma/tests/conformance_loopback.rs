@@ -38,6 +38,7 @@ cases!(
     connect_no_listener,
     local_misuse,
     send_recv_ordering,
+    acceptor_reads_with_asymmetric_depths,
     send_with_imm,
     send_waits_for_recv,
     rdma_write_read_3sge,

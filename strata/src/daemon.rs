@@ -28,7 +28,7 @@ pub struct Daemon {
     vhost: Mutex<Vec<vhost::Controller>>,
     /// SRP targets with the parameters they were created with (for
     /// `save_config`), in creation order.
-    srpt: Mutex<Vec<(target::Target, Value)>>,
+    srpt: Mutex<Vec<(srpt::Target, Value)>>,
     /// Background pollers owned by a bdev (raid1 rebuild/resync), by bdev
     /// name: set the flag to stop them.
     tasks: Mutex<Vec<(String, Arc<AtomicBool>)>>,
@@ -71,7 +71,7 @@ impl Daemon {
     /// hold (needs the reactors still running).
     pub fn stop_frontends(&self) {
         let _guard = self.control.lock().unwrap_or_else(|e| e.into_inner());
-        let targets: Vec<(target::Target, Value)> = lock(&self.srpt).drain(..).collect();
+        let targets: Vec<(srpt::Target, Value)> = lock(&self.srpt).drain(..).collect();
         for (t, _) in targets.into_iter().rev() {
             let name = t.name().to_string();
             let luns: Vec<String> = t.config().luns.iter().map(|(_, b)| b.clone()).collect();
@@ -619,18 +619,18 @@ fn srpt_owner(t: &str) -> String {
     format!("srpt:{t}")
 }
 
-impl From<target::TargetError> for RpcError {
-    fn from(e: target::TargetError) -> Self {
+impl From<srpt::TargetError> for RpcError {
+    fn from(e: srpt::TargetError) -> Self {
         match e {
-            target::TargetError::Config(c) => RpcError::param(c.field, c.reason),
-            target::TargetError::Luns(m) => RpcError::param("luns", m),
+            srpt::TargetError::Config(c) => RpcError::param(c.field, c.reason),
+            srpt::TargetError::Luns(m) => RpcError::param("luns", m),
             other => RpcError::new(code::FAILED, crate::rpc::error_chain(&other)),
         }
     }
 }
 
 fn srpt_target_create(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
-    let p: target::SrptTargetParams = params(raw.clone())?;
+    let p: srpt::SrptTargetParams = params(raw.clone())?;
     if lock(&d.srpt).iter().any(|(t, _)| t.name() == p.name) {
         return Err(RpcError::new(code::EXISTS, format!("SRP target `{}` already exists", p.name)));
     }
@@ -653,7 +653,7 @@ fn srpt_target_create(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
             }
         }
     }
-    match target::Target::create(&p, luns, d.reactors.clone()) {
+    match srpt::Target::create(&p, luns, d.reactors.clone()) {
         Ok(t) => {
             lock(&d.srpt).push((t, raw));
             Ok(json!(p.name))

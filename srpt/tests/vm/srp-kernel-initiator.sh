@@ -2,8 +2,8 @@
 # The strata SRP target against the Linux kernel initiator (ib_srp) on
 # Soft-RoCE, inside the CI guest:
 #
-#   cargo build -p target --example srpt-server
-#   ci/vm/run --timeout 900 -- target/tests/vm/srp-kernel-initiator.sh
+#   cargo build --release -p srpt --example srpt-server
+#   ci/vm/run --timeout 900 -- srpt/tests/vm/srp-kernel-initiator.sh
 #
 # SRPT_SERVER=path overrides the server binary. With the shared `rdma` crate
 # as of this writing, every write larger than the 8 KiB of immediate data
@@ -20,7 +20,7 @@
 set -u
 cd "$(dirname "$0")/../../.." || exit 125
 ROOT=$PWD
-BIN=${SRPT_SERVER:-$ROOT/target/debug/examples/srpt-server}
+BIN=${SRPT_SERVER:-$ROOT/target/release/examples/srpt-server}
 RES=${VM_RESULTS:-/tmp/srp-results}
 mkdir -p "$RES" /tmp/work
 cd /tmp/work || exit 125

@@ -122,14 +122,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         };
         luns.push((k as u16, b));
     }
-    let params = target::SrptTargetParams {
+    let params = srpt::SrptTargetParams {
         name: "srpt0".into(),
         listen,
         id_ext,
         ioc_guid,
         luns: luns
             .iter()
-            .map(|(l, b)| target::LunParams {
+            .map(|(l, b)| srpt::LunParams {
                 lun: *l,
                 bdev: b.info().name.clone(),
             })
@@ -138,7 +138,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         provider: Some(provider),
         queue_depth,
     };
-    let t = target::Target::create(&params, luns.clone(), reactors.handle())?;
+    let t = srpt::Target::create(&params, luns.clone(), reactors.handle())?;
     for (l, b) in &luns {
         println!(
             "{}",

@@ -12,7 +12,7 @@ use srp::{
     DataDesc, DirectBuf, Encode, LoginRejReason, Lun, MultiChannelAction, MultiChannelResult,
     TaskMgmtFunction, TskMgmt,
 };
-use target::Target;
+use srpt::Target;
 
 struct Fx {
     target: Option<Target>,
@@ -22,14 +22,14 @@ struct Fx {
 
 impl Fx {
     fn new(port: u16, luns: Vec<(u16, Arc<dyn Bdev>)>, acl: &[srp::PortId]) -> Fx {
-        Self::with_options(port, luns, acl, target::TargetOptions::default())
+        Self::with_options(port, luns, acl, srpt::TargetOptions::default())
     }
 
     fn with_options(
         port: u16,
         luns: Vec<(u16, Arc<dyn Bdev>)>,
         acl: &[srp::PortId],
-        opts: target::TargetOptions,
+        opts: srpt::TargetOptions,
     ) -> Fx {
         init_tracing();
         let rs = reactors(2);
@@ -166,7 +166,7 @@ fn login_response_and_scsi_basics() {
 
 #[test]
 fn read_write_verify_direct_multi_window() {
-    let opts = target::TargetOptions {
+    let opts = srpt::TargetOptions {
         max_window: 256 << 10,
         pool_bytes: 2 << 20,
         ..Default::default()

@@ -1,4 +1,4 @@
-//! # target — the strata SRP target
+//! # srpt — the strata SRP target
 //!
 //! An SRP (SCSI RDMA Protocol) target in the style of Linux `ib_srpt`,
 //! running on strata's reactors: it listens with rdma_cm on `IP:PORT`, takes

@@ -31,7 +31,7 @@ pub fn initiator_port(n: u64) -> PortId {
 }
 
 pub fn port_str(p: &PortId) -> String {
-    target::config::format_port_id(p)
+    srpt::config::format_port_id(p)
 }
 
 pub fn init_tracing() {
@@ -65,7 +65,7 @@ pub fn params(
     port: u16,
     luns: &[(u16, &str)],
     acl: &[PortId],
-) -> target::SrptTargetParams {
+) -> srpt::SrptTargetParams {
     serde_json::from_value(serde_json::json!({
         "name": name,
         "listen": format!("127.0.0.1:{port}"),
