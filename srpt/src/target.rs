@@ -497,7 +497,14 @@ struct CmPoller {
     poller: Option<reactor::PollerId>,
     next_reactor: usize,
     error_logged: bool,
+    /// When to look at the event channel next: `rdma_get_cm_event` is a
+    /// syscall, and connection events are control-plane, so an idle
+    /// listener is checked once a millisecond, not on every reactor loop.
+    next_check: Instant,
 }
+
+/// How often an idle CM poller reads the event channel.
+const CM_POLL_INTERVAL: Duration = Duration::from_millis(1);
 
 impl CmPoller {
     fn start(shared: Arc<TargetShared>) -> rdma::Result<()> {
@@ -510,6 +517,7 @@ impl CmPoller {
             poller: None,
             next_reactor: 0,
             error_logged: false,
+            next_check: Instant::now(),
         }));
         let p = std::rc::Rc::clone(&me);
         let id = reactor::register_poller("srpt_cm", move || p.borrow_mut().poll());
@@ -518,6 +526,10 @@ impl CmPoller {
     }
 
     fn poll(&mut self) -> reactor::Poll {
+        let now = Instant::now();
+        if now < self.next_check && !self.shared.deleting() {
+            return reactor::Poll::Idle;
+        }
         let mut n = 0;
         if self.shared.deleting() && self.listener.take().is_some() {
             tracing::debug!(target_name = %self.shared.cfg.name, "listener closed");
@@ -537,6 +549,9 @@ impl CmPoller {
                     break;
                 }
             }
+        }
+        if n == 0 {
+            self.next_check = now + CM_POLL_INTERVAL;
         }
         if self.shared.deleting() && self.listener.is_none() && self.shared.reg().chans.is_empty() {
             if let Some(id) = self.poller.take() {
