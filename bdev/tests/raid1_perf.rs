@@ -3,6 +3,10 @@
 //! `cargo test --release -p bdev --test raid1_perf -- --ignored --nocapture`.
 //! The loop mimics one reactor: the workload poller and the array's
 //! background task are polled in turn, as `strata bench bdev` does.
+//! Knobs: `RAID1_PERF_IOS` (I/Os per run), `RAID1_PERF_BLOCKS` (4 KiB blocks
+//! per malloc, default 262144 as the bench script), `RAID1_PERF_ONLY`
+//! (`r1`, `w1`, `r32`, `w32`), `RAID1_PERF_SIDE` (`bare` or `raid1`: run
+//! one side only, for `perf record`; `m0`: also read member 0 directly).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,7 +34,7 @@ fn run(bdev: &Arc<dyn Bdev>, task: &mut dyn FnMut() -> usize, write: bool, qd: u
         rng ^= rng << 17;
         rng % span
     };
-    let mut submit = |ch: &mut bdev::Channel, bufs: &mut [AlignedBuf], i: usize, lba: u64| {
+    let submit = |ch: &mut bdev::Channel, bufs: &mut [AlignedBuf], i: usize, lba: u64| {
         let v = [IoVec { base: bufs[i].as_mut_slice().as_mut_ptr(), len: 4096 }];
         let req = if write { IoRequest::write(lba, 1, &v) } else { IoRequest::read(lba, 1, &v) };
         // SAFETY: each buffer is lent to one request at a time and outlives it.
@@ -73,7 +77,7 @@ fn raid1_perf_vs_malloc() {
     let mk = |n: &str| -> Arc<dyn Bdev> { Arc::new(malloc::create(n, blocks, 4096).unwrap()) };
     let (m0, m1, bare) = (mk("p_m0"), mk("p_m1"), mk("p_bare"));
     let p = CreateParams { name: "p_r".into(), members: vec!["p_m0".into(), "p_m1".into()], ..Default::default() };
-    let r = raid1::create(&p, vec![m0, m1]).unwrap();
+    let r = raid1::create(&p, vec![m0.clone(), m1]).unwrap();
     let mut task = r.rebuild_task();
     let r: Arc<dyn Bdev> = r;
     let ios = std::env::var("RAID1_PERF_IOS").ok().and_then(|s| s.parse().ok()).unwrap_or(2_000_000u64);
@@ -87,11 +91,16 @@ fn raid1_perf_vs_malloc() {
             // Warm up both (page tables, bitmap).
             run(&bare, &mut || 0, write, qd, ios / 4);
             run(&r, &mut || task.poll(), write, qd, ios / 4);
+            let side = std::env::var("RAID1_PERF_SIDE").unwrap_or_default();
             let mut b = Vec::new();
             let mut x = Vec::new();
             for _ in 0..3 {
-                b.push(run(&bare, &mut || task.poll(), write, qd, ios));
-                x.push(run(&r, &mut || task.poll(), write, qd, ios));
+                b.push(if side == "raid1" { 1.0 } else { run(&bare, &mut || task.poll(), write, qd, ios) });
+                x.push(if side == "bare" { 1.0 } else { run(&r, &mut || task.poll(), write, qd, ios) });
+            }
+            if side == "m0" {
+                let d = run(&m0, &mut || task.poll(), write, qd, ios);
+                println!("m0 direct {d:.1} ns/io");
             }
             b.sort_by(f64::total_cmp);
             x.sort_by(f64::total_cmp);

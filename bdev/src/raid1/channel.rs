@@ -576,7 +576,11 @@ impl BdevChannel for Raid1Channel {
         let Ok(s) = self.ops.insert(op) else { return Err(QueueFull) };
         let v = &mut self.iovs[s as usize];
         v.clear();
-        v.extend_from_slice(req.iovs);
+        match req.iovs {
+            // The common single buffer without a memcpy call.
+            [one] => v.push(*one),
+            more => v.extend_from_slice(more),
+        }
         self.update_view();
         self.step(s);
         Ok(())
