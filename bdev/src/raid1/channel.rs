@@ -320,12 +320,17 @@ fn step_op(cx: Cx<'_>, s: u32, op: &mut Op) -> Next {
                         return Next::Wait;
                     }
                     op.need_bm = false;
-                    // Waited: the member table may have moved meanwhile.
-                    op.to_issue = port.live_targets();
-                    op.insync = sh.read_sources() & op.to_issue;
-                } else {
+                }
+                // The targets are read after the regions are held (a rebuild
+                // copies a region only while holding it exclusively, so a
+                // member it brings in is either seen here or copied after
+                // this write): the view only if no state changed since.
+                if sh.sb_gen.load(Acquire) == view.gen {
                     op.to_issue = view.write;
                     op.insync = view.insync & view.write;
+                } else {
+                    op.to_issue = port.live_targets();
+                    op.insync = sh.read_sources() & op.to_issue;
                 }
                 if op.insync == 0 {
                     release_shared(sh, op);
