@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::{
-    check_name, open_channel, Bdev, BdevChannel, BdevError, BdevInfo, BdevStats, Channel, IoRequest, IoStatus,
-    IoType, QueueFull, Slab,
+    check_name, open_channel, Bdev, BdevChannel, BdevError, BdevInfo, BdevStats, Channel,
+    IoRequest, IoStatus, IoType, QueueFull, Slab,
 };
 
 /// A delay bdev.
@@ -24,14 +24,25 @@ pub struct DelayBdev {
 }
 
 /// Creates a delay bdev over `base`.
-pub fn create(name: &str, base: Arc<dyn Bdev>, read_us: u64, write_us: u64) -> Result<DelayBdev, BdevError> {
+pub fn create(
+    name: &str,
+    base: Arc<dyn Bdev>,
+    read_us: u64,
+    write_us: u64,
+) -> Result<DelayBdev, BdevError> {
     check_name(name)?;
     const MAX_US: u64 = 60_000_000;
     if read_us > MAX_US {
-        return Err(BdevError::param("read_us", format!("{read_us} exceeds {MAX_US} µs")));
+        return Err(BdevError::param(
+            "read_us",
+            format!("{read_us} exceeds {MAX_US} µs"),
+        ));
     }
     if write_us > MAX_US {
-        return Err(BdevError::param("write_us", format!("{write_us} exceeds {MAX_US} µs")));
+        return Err(BdevError::param(
+            "write_us",
+            format!("{write_us} exceeds {MAX_US} µs"),
+        ));
     }
     let mut info = base.info().clone();
     info.name = name.to_string();
@@ -98,7 +109,11 @@ struct DelayChannel {
 
 impl BdevChannel for DelayChannel {
     unsafe fn submit(&mut self, req: &IoRequest<'_>, tag: u64) -> Result<(), QueueFull> {
-        let us = if req.io_type == IoType::Read { &self.read_us } else { &self.write_us };
+        let us = if req.io_type == IoType::Read {
+            &self.read_us
+        } else {
+            &self.write_us
+        };
         let due = Instant::now() + Duration::from_micros(us.load(Ordering::Relaxed));
         let slot = self.slots.insert((tag, due)).map_err(|_| QueueFull)?;
         // SAFETY: forwarded contract.
@@ -110,7 +125,9 @@ impl BdevChannel for DelayChannel {
     }
 
     fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
-        let DelayChannel { base, slots, held, .. } = self;
+        let DelayChannel {
+            base, slots, held, ..
+        } = self;
         base.poll(&mut |slot, st| {
             if let Some((tag, due)) = u32::try_from(slot).ok().and_then(|s| slots.remove(s)) {
                 held.push_back((tag, due, st));
@@ -171,6 +188,9 @@ mod tests {
     fn rejects_absurd_latency() {
         let base: Arc<dyn Bdev> = Arc::new(malloc::create("m", 256, 512).unwrap());
         let e = create("d", base, 61_000_000, 0).err().unwrap().to_string();
-        assert_eq!(e, "invalid parameter `read_us`: 61000000 exceeds 60000000 µs");
+        assert_eq!(
+            e,
+            "invalid parameter `read_us`: 61000000 exceeds 60000000 µs"
+        );
     }
 }

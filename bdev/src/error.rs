@@ -13,8 +13,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::{
-    check_name, open_channel, Bdev, BdevChannel, BdevError, BdevInfo, BdevStats, Channel, CompletionQueue,
-    IoRequest, IoStatus, IoType, QueueFull,
+    check_name, open_channel, Bdev, BdevChannel, BdevError, BdevInfo, BdevStats, Channel,
+    CompletionQueue, IoRequest, IoStatus, IoType, QueueFull,
 };
 
 /// Which I/O kinds to fail.
@@ -110,8 +110,16 @@ pub fn create(name: &str, base: Arc<dyn Bdev>) -> Result<ErrorBdev, BdevError> {
     info.name = name.to_string();
     info.kind = "error";
     info.uuid = crate::uuid_from_name("error", name);
-    let rule = Rule { range_end: AtomicU64::new(u64::MAX), ..Default::default() };
-    Ok(ErrorBdev { info, stats: BdevStats::default(), base, rule: Arc::new(rule) })
+    let rule = Rule {
+        range_end: AtomicU64::new(u64::MAX),
+        ..Default::default()
+    };
+    Ok(ErrorBdev {
+        info,
+        stats: BdevStats::default(),
+        base,
+        rule: Arc::new(rule),
+    })
 }
 
 impl ErrorBdev {
@@ -136,7 +144,15 @@ impl ErrorBdev {
                 let end = first
                     .checked_add(n)
                     .filter(|e| *e <= self.info.num_blocks)
-                    .ok_or_else(|| BdevError::param("range", format!("[{first}, {n}] is beyond the bdev's {} blocks", self.info.num_blocks)))?;
+                    .ok_or_else(|| {
+                        BdevError::param(
+                            "range",
+                            format!(
+                                "[{first}, {n}] is beyond the bdev's {} blocks",
+                                self.info.num_blocks
+                            ),
+                        )
+                    })?;
                 (first, end)
             }
         };
@@ -144,9 +160,13 @@ impl ErrorBdev {
         r.every.store(every, Ordering::Relaxed);
         r.range_start.store(start, Ordering::Relaxed);
         r.range_end.store(end, Ordering::Relaxed);
-        r.status.store(p.status.unwrap_or_default() as u8, Ordering::Relaxed);
+        r.status
+            .store(p.status.unwrap_or_default() as u8, Ordering::Relaxed);
         r.counter.store(0, Ordering::Relaxed);
-        r.mask.store(p.io_type.unwrap_or(InjectIoType::All).mask(), Ordering::Release);
+        r.mask.store(
+            p.io_type.unwrap_or(InjectIoType::All).mask(),
+            Ordering::Release,
+        );
         tracing::info!(bdev = %self.info.name, ?p, "error injection armed");
         Ok(())
     }
@@ -205,7 +225,9 @@ impl ErrorChannel {
         }
         if req.io_type.has_range() {
             let end = req.offset_blocks.saturating_add(req.num_blocks);
-            if end <= r.range_start.load(Ordering::Relaxed) || req.offset_blocks >= r.range_end.load(Ordering::Relaxed) {
+            if end <= r.range_start.load(Ordering::Relaxed)
+                || req.offset_blocks >= r.range_end.load(Ordering::Relaxed)
+            {
                 return None;
             }
         }
@@ -215,11 +237,13 @@ impl ErrorChannel {
             return None;
         }
         r.injected.fetch_add(1, Ordering::Relaxed);
-        Some(if r.status.load(Ordering::Relaxed) == InjectStatus::Path as u8 {
-            IoStatus::PathError
-        } else {
-            IoStatus::MediumError
-        })
+        Some(
+            if r.status.load(Ordering::Relaxed) == InjectStatus::Path as u8 {
+                IoStatus::PathError
+            } else {
+                IoStatus::MediumError
+            },
+        )
     }
 }
 
@@ -270,15 +294,25 @@ mod tests {
         let mut ch = open_channel(&e).unwrap();
         let mut buf = AlignedBuf::new(512);
         // Reads in blocks [10, 12) fail with a medium error.
-        eb.inject(&params(serde_json::json!({"name": "e", "io_type": "read", "range": [10, 2]}))).unwrap();
+        eb.inject(&params(
+            serde_json::json!({"name": "e", "io_type": "read", "range": [10, 2]}),
+        ))
+        .unwrap();
         assert_eq!(testing::read(&mut ch, 9, &mut buf), IoStatus::Success);
         assert_eq!(testing::read(&mut ch, 10, &mut buf), IoStatus::MediumError);
         assert_eq!(testing::read(&mut ch, 11, &mut buf), IoStatus::MediumError);
         assert_eq!(testing::read(&mut ch, 12, &mut buf), IoStatus::Success);
-        assert_eq!(testing::write(&mut ch, 10, &mut buf), IoStatus::Success, "writes not armed");
+        assert_eq!(
+            testing::write(&mut ch, 10, &mut buf),
+            IoStatus::Success,
+            "writes not armed"
+        );
         // Every 3rd write fails with a path error; a failed write never
         // reaches the base.
-        eb.inject(&params(serde_json::json!({"name": "e", "io_type": "write", "every": 3, "status": "path"}))).unwrap();
+        eb.inject(&params(
+            serde_json::json!({"name": "e", "io_type": "write", "every": 3, "status": "path"}),
+        ))
+        .unwrap();
         let got: Vec<IoStatus> = (0..6u64)
             .map(|i| {
                 testing::fill_pattern(buf.as_mut_slice(), i, 512, 1);
@@ -286,13 +320,20 @@ mod tests {
             })
             .collect();
         use IoStatus::*;
-        assert_eq!(got, vec![Success, Success, PathError, Success, Success, PathError]);
+        assert_eq!(
+            got,
+            vec![Success, Success, PathError, Success, Success, PathError]
+        );
         let mut bch = open_channel(&base).unwrap();
         let mut back = AlignedBuf::new(512);
         assert_eq!(testing::read(&mut bch, 2, &mut back), Success);
-        assert!(back.as_slice().iter().all(|&b| b == 0), "failed write left the base untouched");
+        assert!(
+            back.as_slice().iter().all(|&b| b == 0),
+            "failed write left the base untouched"
+        );
         assert_eq!(eb.injected(), 4);
-        eb.inject(&params(serde_json::json!({"name": "e", "clear": true}))).unwrap();
+        eb.inject(&params(serde_json::json!({"name": "e", "clear": true})))
+            .unwrap();
         assert_eq!(testing::write(&mut ch, 2, &mut buf), Success);
     }
 
@@ -300,11 +341,27 @@ mod tests {
     fn bad_injection_parameters() {
         let base: Arc<dyn Bdev> = Arc::new(malloc::create("m", 256, 512).unwrap());
         let eb = create("e", base).unwrap();
-        let e = eb.inject(&params(serde_json::json!({"name": "e", "every": 0}))).unwrap_err();
-        assert_eq!(e.to_string(), "invalid parameter `every`: must be at least 1");
-        let e = eb.inject(&params(serde_json::json!({"name": "e", "range": [250, 10]}))).unwrap_err();
-        assert_eq!(e.to_string(), "invalid parameter `range`: [250, 10] is beyond the bdev's 256 blocks");
-        let bad: Result<InjectParams, _> = serde_json::from_value(serde_json::json!({"name": "e", "io_type": "bogus"}));
-        assert!(bad.unwrap_err().to_string().contains("unknown variant `bogus`"));
+        let e = eb
+            .inject(&params(serde_json::json!({"name": "e", "every": 0})))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid parameter `every`: must be at least 1"
+        );
+        let e = eb
+            .inject(&params(
+                serde_json::json!({"name": "e", "range": [250, 10]}),
+            ))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid parameter `range`: [250, 10] is beyond the bdev's 256 blocks"
+        );
+        let bad: Result<InjectParams, _> =
+            serde_json::from_value(serde_json::json!({"name": "e", "io_type": "bogus"}));
+        assert!(bad
+            .unwrap_err()
+            .to_string()
+            .contains("unknown variant `bogus`"));
     }
 }

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use io_uring::{opcode, types, IoUring};
 
 use crate::{
-    check_name, uuid_from_name, validate, Bdev, BdevChannel, BdevError, BdevInfo, BdevStats, Capabilities,
-    CompletionQueue, IoRequest, IoStatus, IoType, QueueFull, Slab,
+    check_name, uuid_from_name, validate, Bdev, BdevChannel, BdevError, BdevInfo, BdevStats,
+    Capabilities, CompletionQueue, IoRequest, IoStatus, IoType, QueueFull, Slab,
 };
 
 /// `IORING_ENTER_GETEVENTS` from `<linux/io_uring.h>` (the io-uring crate
@@ -43,7 +43,11 @@ pub struct FileBdev {
 }
 
 fn file_err(path: &str, reason: impl Into<String>, source: Option<std::io::Error>) -> BdevError {
-    BdevError::File { path: path.to_string(), reason: reason.into(), source }
+    BdevError::File {
+        path: path.to_string(),
+        reason: reason.into(),
+        source,
+    }
 }
 
 /// Creates a file bdev over `filename` with `block_size`-byte blocks.
@@ -63,12 +67,20 @@ pub fn create(name: &str, filename: &str, block_size: u32) -> Result<FileBdev, B
         return Err(BdevError::param("filename", "must not be empty"));
     }
     let meta = std::fs::metadata(filename).map_err(|e| {
-        let reason = if e.kind() == std::io::ErrorKind::NotFound { "does not exist" } else { "cannot be accessed" };
+        let reason = if e.kind() == std::io::ErrorKind::NotFound {
+            "does not exist"
+        } else {
+            "cannot be accessed"
+        };
         file_err(filename, reason, Some(e))
     })?;
     let ft = meta.file_type();
     if !(ft.is_file() || ft.is_block_device()) {
-        return Err(file_err(filename, "is not a regular file or block device", None));
+        return Err(file_err(
+            filename,
+            "is not a regular file or block device",
+            None,
+        ));
     }
     let open = |direct: bool| {
         OpenOptions::new()
@@ -81,10 +93,23 @@ pub fn create(name: &str, filename: &str, block_size: u32) -> Result<FileBdev, B
         Ok(f) => (f, true),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             // tmpfs and some FUSE file systems have no O_DIRECT.
-            (open(false).map_err(|e| file_err(filename, "cannot be opened read-write", Some(e)))?, false)
+            (
+                open(false)
+                    .map_err(|e| file_err(filename, "cannot be opened read-write", Some(e)))?,
+                false,
+            )
         }
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM)) => {
-            return Err(file_err(filename, "is read-only (a file bdev needs read-write access)", Some(e)));
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM)
+            ) =>
+        {
+            return Err(file_err(
+                filename,
+                "is read-only (a file bdev needs read-write access)",
+                Some(e),
+            ));
         }
         Err(e) => return Err(file_err(filename, "cannot be opened", Some(e))),
     };
@@ -103,7 +128,8 @@ pub fn create(name: &str, filename: &str, block_size: u32) -> Result<FileBdev, B
     let size = {
         use std::io::Seek;
         let mut f = &file;
-        f.seek(std::io::SeekFrom::End(0)).map_err(|e| file_err(filename, "size cannot be read", Some(e)))?
+        f.seek(std::io::SeekFrom::End(0))
+            .map_err(|e| file_err(filename, "size cannot be read", Some(e)))?
     };
     let num_blocks = size / block_size as u64;
     if num_blocks == 0 {
@@ -114,7 +140,12 @@ pub fn create(name: &str, filename: &str, block_size: u32) -> Result<FileBdev, B
         ));
     }
     if size % block_size as u64 != 0 {
-        tracing::warn!(file = filename, size, block_size, "file size is not a multiple of the block size; the tail is unused");
+        tracing::warn!(
+            file = filename,
+            size,
+            block_size,
+            "file size is not a multiple of the block size; the tail is unused"
+        );
     }
     Ok(FileBdev {
         info: BdevInfo {
@@ -123,7 +154,11 @@ pub fn create(name: &str, filename: &str, block_size: u32) -> Result<FileBdev, B
             block_size,
             num_blocks,
             uuid: uuid_from_name("file", name),
-            caps: Capabilities { unmap: ft.is_file(), unmap_reads_zeroes: ft.is_file(), ..Capabilities::ALL },
+            caps: Capabilities {
+                unmap: ft.is_file(),
+                unmap_reads_zeroes: ft.is_file(),
+                ..Capabilities::ALL
+            },
             buf_align: if direct { 512 } else { 1 },
             max_segments: FILE_MAX_SEGMENTS,
             queue_depth: FILE_QUEUE_DEPTH,
@@ -161,18 +196,30 @@ impl Bdev for FileBdev {
             .setup_single_issuer()
             .build(FILE_QUEUE_DEPTH as u32)
             .or_else(|_| {
-                IoUring::builder().setup_coop_taskrun().setup_taskrun_flag().build(FILE_QUEUE_DEPTH as u32)
+                IoUring::builder()
+                    .setup_coop_taskrun()
+                    .setup_taskrun_flag()
+                    .build(FILE_QUEUE_DEPTH as u32)
             })
             .or_else(|_| IoUring::new(FILE_QUEUE_DEPTH as u32))
-            .map_err(|source| BdevError::Os { what: "io_uring_setup", source })?;
+            .map_err(|source| BdevError::Os {
+                what: "io_uring_setup",
+                source,
+            })?;
         let slots = Slab::with_capacity(FILE_QUEUE_DEPTH);
         Ok(Box::new(FileChannel {
             info: self.info.clone(),
             file: Arc::clone(&self.file),
             ring,
             slots,
-            iovecs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; FILE_QUEUE_DEPTH * FILE_MAX_SEGMENTS]
-                .into_boxed_slice(),
+            iovecs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0
+                };
+                FILE_QUEUE_DEPTH * FILE_MAX_SEGMENTS
+            ]
+            .into_boxed_slice(),
             cq: CompletionQueue::with_capacity(FILE_QUEUE_DEPTH),
             unsubmitted: 0,
             warned_short: false,
@@ -232,7 +279,9 @@ impl FileChannel {
 
 fn status_from_errno(errno: i32, io_type: IoType) -> IoStatus {
     match errno {
-        libc::EOPNOTSUPP | libc::ENOTSUP if matches!(io_type, IoType::Unmap | IoType::WriteZeroes) => {
+        libc::EOPNOTSUPP | libc::ENOTSUP
+            if matches!(io_type, IoType::Unmap | IoType::WriteZeroes) =>
+        {
             IoStatus::Unsupported
         }
         libc::EINVAL => IoStatus::InvalidRequest,
@@ -255,18 +304,32 @@ impl BdevChannel for FileChannel {
             return Ok(());
         }
         let bs = self.info.block_size as u64;
-        let expected = if req.io_type.has_data() { req.num_blocks * bs } else { 0 };
+        let expected = if req.io_type.has_data() {
+            req.num_blocks * bs
+        } else {
+            0
+        };
         let slot = self
             .slots
-            .insert(Slot { tag, io_type: req.io_type, expected })
+            .insert(Slot {
+                tag,
+                io_type: req.io_type,
+                expected,
+            })
             .map_err(|_| QueueFull)?;
         let fd = types::Fd(self.file.as_raw_fd());
         let off = req.offset_blocks * bs;
         let sqe = match req.io_type {
             IoType::Read | IoType::Write => {
                 let base = slot as usize * FILE_MAX_SEGMENTS;
-                for (dst, v) in self.iovecs[base..base + req.iovs.len()].iter_mut().zip(req.iovs) {
-                    *dst = libc::iovec { iov_base: v.base.cast(), iov_len: v.len };
+                for (dst, v) in self.iovecs[base..base + req.iovs.len()]
+                    .iter_mut()
+                    .zip(req.iovs)
+                {
+                    *dst = libc::iovec {
+                        iov_base: v.base.cast(),
+                        iov_len: v.len,
+                    };
                 }
                 let iov = self.iovecs[base..].as_ptr();
                 let n = req.iovs.len() as u32;
@@ -274,10 +337,15 @@ impl BdevChannel for FileChannel {
                     opcode::Readv::new(fd, iov, n).offset(off).build()
                 } else {
                     let flags = if req.fua { libc::RWF_DSYNC } else { 0 };
-                    opcode::Writev::new(fd, iov, n).offset(off).rw_flags(flags).build()
+                    opcode::Writev::new(fd, iov, n)
+                        .offset(off)
+                        .rw_flags(flags)
+                        .build()
                 }
             }
-            IoType::Flush => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
+            IoType::Flush => opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
             IoType::Unmap => opcode::Fallocate::new(fd, req.num_blocks * bs)
                 .offset(off)
                 .mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
@@ -314,7 +382,9 @@ impl BdevChannel for FileChannel {
             };
             match r {
                 Ok(_) => self.unsubmitted = 0,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EAGAIN) => {}
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EBUSY)
+                        || e.raw_os_error() == Some(libc::EAGAIN) => {}
                 Err(e) => tracing::error!(error = %e, "io_uring_enter failed"),
             }
         }
@@ -324,8 +394,12 @@ impl BdevChannel for FileChannel {
         let mut completions = self.ring.completion();
         completions.sync();
         for cqe in &mut completions {
-            let Ok(slot) = u32::try_from(cqe.user_data()) else { continue };
-            let Some(s) = self.slots.remove(slot) else { continue };
+            let Ok(slot) = u32::try_from(cqe.user_data()) else {
+                continue;
+            };
+            let Some(s) = self.slots.remove(slot) else {
+                continue;
+            };
             let res = cqe.result();
             let status = if res < 0 {
                 status_from_errno(-res, s.io_type)
@@ -387,11 +461,20 @@ mod tests {
         assert_eq!(e, format!("{missing}: does not exist"));
         let small = backing(&dir, "small", 100);
         let e = create("f", &small, 512).err().unwrap().to_string();
-        assert_eq!(e, format!("{small}: is too small: 100 bytes is less than one 512-byte block"));
+        assert_eq!(
+            e,
+            format!("{small}: is too small: 100 bytes is less than one 512-byte block")
+        );
         let ok = backing(&dir, "ok", 8192);
         let e = create("f", &ok, 1000).err().unwrap().to_string();
-        assert_eq!(e, "invalid parameter `block_size`: 1000 is not a power of two between 512 and 65536");
-        let e = create("f", dir.path().to_str().unwrap(), 512).err().unwrap().to_string();
+        assert_eq!(
+            e,
+            "invalid parameter `block_size`: 1000 is not a power of two between 512 and 65536"
+        );
+        let e = create("f", dir.path().to_str().unwrap(), 512)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.ends_with("is not a regular file or block device"), "{e}");
         assert!(create("f", "", 512).is_err());
         // Read-only: only meaningful when not running as root (root ignores
@@ -403,7 +486,10 @@ mod tests {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             let e = create("f", &ro, 512).err().unwrap().to_string();
-            assert_eq!(e, format!("{ro}: is read-only (a file bdev needs read-write access)"));
+            assert_eq!(
+                e,
+                format!("{ro}: is read-only (a file bdev needs read-write access)")
+            );
         }
     }
 
@@ -420,13 +506,21 @@ mod tests {
         let st = unsafe { testing::run(&mut ch, &IoRequest::write(5, 2, &v).with_fua(true)) };
         assert_eq!(st, IoStatus::Success);
         let on_disk = std::fs::read(&p).unwrap();
-        assert!(testing::check_pattern(&on_disk[5 * 4096..7 * 4096], 5, 4096, 9));
+        assert!(testing::check_pattern(
+            &on_disk[5 * 4096..7 * 4096],
+            5,
+            4096,
+            9
+        ));
         // Unaligned buffers under O_DIRECT are refused, not bounced.
         if b.as_any().downcast_ref::<FileBdev>().unwrap().direct() {
             let mut u = AlignedBuf::new(4096 + 512);
             let v = [u.iovec(1, 4096)];
             // SAFETY: as above.
-            assert_eq!(unsafe { testing::run(&mut ch, &IoRequest::read(0, 1, &v)) }, IoStatus::InvalidRequest);
+            assert_eq!(
+                unsafe { testing::run(&mut ch, &IoRequest::read(0, 1, &v)) },
+                IoStatus::InvalidRequest
+            );
         }
     }
 }

@@ -69,8 +69,14 @@ pub enum IoType {
 
 impl IoType {
     /// All kinds, in a fixed order.
-    pub const ALL: [IoType; 6] =
-        [IoType::Read, IoType::Write, IoType::Flush, IoType::Unmap, IoType::WriteZeroes, IoType::Reset];
+    pub const ALL: [IoType; 6] = [
+        IoType::Read,
+        IoType::Write,
+        IoType::Flush,
+        IoType::Unmap,
+        IoType::WriteZeroes,
+        IoType::Reset,
+    ];
 
     /// Lower-case name, as used in RPC parameters.
     pub fn name(self) -> &'static str {
@@ -91,7 +97,10 @@ impl IoType {
 
     /// Whether this kind addresses a block range.
     pub fn has_range(self) -> bool {
-        matches!(self, IoType::Read | IoType::Write | IoType::Unmap | IoType::WriteZeroes)
+        matches!(
+            self,
+            IoType::Read | IoType::Write | IoType::Unmap | IoType::WriteZeroes
+        )
     }
 }
 
@@ -147,7 +156,10 @@ pub struct IoVec {
 impl IoVec {
     /// A segment covering `buf`.
     pub fn from_slice(buf: &mut [u8]) -> IoVec {
-        IoVec { base: buf.as_mut_ptr(), len: buf.len() }
+        IoVec {
+            base: buf.as_mut_ptr(),
+            len: buf.len(),
+        }
     }
 }
 
@@ -171,27 +183,63 @@ pub struct IoRequest<'a> {
 impl<'a> IoRequest<'a> {
     /// A read of `num_blocks` at `offset_blocks` into `iovs`.
     pub fn read(offset_blocks: u64, num_blocks: u64, iovs: &'a [IoVec]) -> Self {
-        IoRequest { io_type: IoType::Read, offset_blocks, num_blocks, iovs, fua: false }
+        IoRequest {
+            io_type: IoType::Read,
+            offset_blocks,
+            num_blocks,
+            iovs,
+            fua: false,
+        }
     }
     /// A write of `num_blocks` at `offset_blocks` from `iovs`.
     pub fn write(offset_blocks: u64, num_blocks: u64, iovs: &'a [IoVec]) -> Self {
-        IoRequest { io_type: IoType::Write, offset_blocks, num_blocks, iovs, fua: false }
+        IoRequest {
+            io_type: IoType::Write,
+            offset_blocks,
+            num_blocks,
+            iovs,
+            fua: false,
+        }
     }
     /// A flush.
     pub fn flush() -> Self {
-        IoRequest { io_type: IoType::Flush, offset_blocks: 0, num_blocks: 0, iovs: &[], fua: false }
+        IoRequest {
+            io_type: IoType::Flush,
+            offset_blocks: 0,
+            num_blocks: 0,
+            iovs: &[],
+            fua: false,
+        }
     }
     /// An unmap of a range.
     pub fn unmap(offset_blocks: u64, num_blocks: u64) -> Self {
-        IoRequest { io_type: IoType::Unmap, offset_blocks, num_blocks, iovs: &[], fua: false }
+        IoRequest {
+            io_type: IoType::Unmap,
+            offset_blocks,
+            num_blocks,
+            iovs: &[],
+            fua: false,
+        }
     }
     /// A write-zeroes of a range.
     pub fn write_zeroes(offset_blocks: u64, num_blocks: u64) -> Self {
-        IoRequest { io_type: IoType::WriteZeroes, offset_blocks, num_blocks, iovs: &[], fua: false }
+        IoRequest {
+            io_type: IoType::WriteZeroes,
+            offset_blocks,
+            num_blocks,
+            iovs: &[],
+            fua: false,
+        }
     }
     /// A reset.
     pub fn reset() -> Self {
-        IoRequest { io_type: IoType::Reset, offset_blocks: 0, num_blocks: 0, iovs: &[], fua: false }
+        IoRequest {
+            io_type: IoType::Reset,
+            offset_blocks: 0,
+            num_blocks: 0,
+            iovs: &[],
+            fua: false,
+        }
     }
     /// The same request with FUA set.
     pub fn with_fua(mut self, fua: bool) -> Self {
@@ -322,7 +370,10 @@ pub enum BdevError {
 impl BdevError {
     /// Shorthand for [`BdevError::InvalidParam`].
     pub fn param(field: &'static str, reason: impl Into<String>) -> Self {
-        BdevError::InvalidParam { field, reason: reason.into() }
+        BdevError::InvalidParam {
+            field,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -486,7 +537,11 @@ impl Channel {
         };
         let slot = self
             .pending
-            .insert(Pending { tag, io_type: req.io_type, bytes })
+            .insert(Pending {
+                tag,
+                io_type: req.io_type,
+                bytes,
+            })
             .map_err(|_| QueueFull)?;
         // SAFETY: forwarded contract; the caller upholds it for us.
         let r = unsafe { self.inner.submit(req, slot as u64) };
@@ -498,9 +553,18 @@ impl Channel {
 
     /// Advances the channel; see [`BdevChannel::poll`].
     pub fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
-        let Channel { inner, pending, local, local_bytes, local_errors, .. } = self;
+        let Channel {
+            inner,
+            pending,
+            local,
+            local_bytes,
+            local_errors,
+            ..
+        } = self;
         let n = inner.poll(&mut |slot, status| {
-            let Ok(slot) = u32::try_from(slot) else { return };
+            let Ok(slot) = u32::try_from(slot) else {
+                return;
+            };
             if let Some(p) = pending.remove(slot) {
                 if status.is_ok() {
                     local[p.io_type as usize] += 1;
@@ -523,14 +587,24 @@ impl Channel {
 
     fn flush_stats(&mut self) {
         let s = self.bdev.stats();
-        let counters = [&s.reads, &s.writes, &s.flushes, &s.unmaps, &s.write_zeroes, &s.resets];
+        let counters = [
+            &s.reads,
+            &s.writes,
+            &s.flushes,
+            &s.unmaps,
+            &s.write_zeroes,
+            &s.resets,
+        ];
         for (c, v) in counters.iter().zip(self.local.iter_mut()) {
             if *v != 0 {
                 c.fetch_add(*v, Ordering::Relaxed);
                 *v = 0;
             }
         }
-        for (c, v) in [&s.bytes_read, &s.bytes_written].iter().zip(self.local_bytes.iter_mut()) {
+        for (c, v) in [&s.bytes_read, &s.bytes_written]
+            .iter()
+            .zip(self.local_bytes.iter_mut())
+        {
             if *v != 0 {
                 c.fetch_add(*v, Ordering::Relaxed);
                 *v = 0;
@@ -583,7 +657,10 @@ pub fn validate(info: &BdevInfo, req: &IoRequest<'_>) -> Result<(), IoStatus> {
             if v.len == 0 || v.base.is_null() {
                 return Err(IoStatus::InvalidRequest);
             }
-            if info.buf_align > 1 && (!(v.base as usize).is_multiple_of(info.buf_align) || !v.len.is_multiple_of(info.buf_align)) {
+            if info.buf_align > 1
+                && (!(v.base as usize).is_multiple_of(info.buf_align)
+                    || !v.len.is_multiple_of(info.buf_align))
+            {
                 return Err(IoStatus::InvalidRequest);
             }
             total += v.len as u64;
@@ -619,8 +696,14 @@ pub fn check_name(name: &str) -> Result<(), BdevError> {
     if name.is_empty() || name.len() > 64 {
         return Err(BdevError::param("name", "must be 1 to 64 characters"));
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')) {
-        return Err(BdevError::param("name", format!("`{name}` may only contain letters, digits, _ - . :")));
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+    {
+        return Err(BdevError::param(
+            "name",
+            format!("`{name}` may only contain letters, digits, _ - . :"),
+        ));
     }
     Ok(())
 }
@@ -670,7 +753,10 @@ mod tests {
             block_size: 512,
             num_blocks: 100,
             uuid: [0; 16],
-            caps: Capabilities { unmap: false, ..Capabilities::ALL },
+            caps: Capabilities {
+                unmap: false,
+                ..Capabilities::ALL
+            },
             buf_align: 512,
             max_segments: 4,
             queue_depth: 8,
@@ -681,30 +767,65 @@ mod tests {
     fn validation_rejects_bad_requests() {
         let i = info();
         let mut buf = vec![0u8; 4096];
-        let aligned = buf.as_mut_ptr().wrapping_add(buf.as_ptr().align_offset(512));
-        let v = [IoVec { base: aligned, len: 512 }];
+        let aligned = buf
+            .as_mut_ptr()
+            .wrapping_add(buf.as_ptr().align_offset(512));
+        let v = [IoVec {
+            base: aligned,
+            len: 512,
+        }];
         assert_eq!(validate(&i, &IoRequest::read(99, 1, &v)), Ok(()));
         // Out of range, overflowing, zero-length.
-        assert_eq!(validate(&i, &IoRequest::read(100, 1, &v)), Err(IoStatus::InvalidRequest));
-        assert_eq!(validate(&i, &IoRequest::read(u64::MAX, 1, &v)), Err(IoStatus::InvalidRequest));
-        assert_eq!(validate(&i, &IoRequest::read(0, 0, &v)), Err(IoStatus::InvalidRequest));
+        assert_eq!(
+            validate(&i, &IoRequest::read(100, 1, &v)),
+            Err(IoStatus::InvalidRequest)
+        );
+        assert_eq!(
+            validate(&i, &IoRequest::read(u64::MAX, 1, &v)),
+            Err(IoStatus::InvalidRequest)
+        );
+        assert_eq!(
+            validate(&i, &IoRequest::read(0, 0, &v)),
+            Err(IoStatus::InvalidRequest)
+        );
         // Length mismatch.
-        assert_eq!(validate(&i, &IoRequest::read(0, 2, &v)), Err(IoStatus::InvalidRequest));
+        assert_eq!(
+            validate(&i, &IoRequest::read(0, 2, &v)),
+            Err(IoStatus::InvalidRequest)
+        );
         // Unaligned buffer.
-        let u = [IoVec { base: aligned.wrapping_add(1), len: 512 }];
-        assert_eq!(validate(&i, &IoRequest::write(0, 1, &u)), Err(IoStatus::InvalidRequest));
+        let u = [IoVec {
+            base: aligned.wrapping_add(1),
+            len: 512,
+        }];
+        assert_eq!(
+            validate(&i, &IoRequest::write(0, 1, &u)),
+            Err(IoStatus::InvalidRequest)
+        );
         // Too many segments.
-        let many = [IoVec { base: aligned, len: 512 }; 5];
-        assert_eq!(validate(&i, &IoRequest::read(0, 5, &many)), Err(IoStatus::InvalidRequest));
+        let many = [IoVec {
+            base: aligned,
+            len: 512,
+        }; 5];
+        assert_eq!(
+            validate(&i, &IoRequest::read(0, 5, &many)),
+            Err(IoStatus::InvalidRequest)
+        );
         // Unsupported op, and data on a flush.
-        assert_eq!(validate(&i, &IoRequest::unmap(0, 1)), Err(IoStatus::Unsupported));
+        assert_eq!(
+            validate(&i, &IoRequest::unmap(0, 1)),
+            Err(IoStatus::Unsupported)
+        );
         let mut f = IoRequest::flush();
         f.iovs = &v;
         assert_eq!(validate(&i, &f), Err(IoStatus::InvalidRequest));
         // Read-only.
         let mut ro = info();
         ro.caps.read_only = true;
-        assert_eq!(validate(&ro, &IoRequest::write(0, 1, &v)), Err(IoStatus::ReadOnly));
+        assert_eq!(
+            validate(&ro, &IoRequest::write(0, 1, &v)),
+            Err(IoStatus::ReadOnly)
+        );
         assert_eq!(validate(&ro, &IoRequest::read(0, 1, &v)), Ok(()));
     }
 
@@ -713,7 +834,10 @@ mod tests {
         assert!(check_geometry(512, 1).is_ok());
         assert!(check_geometry(4096, 1 << 30).is_ok());
         let e = check_geometry(1000, 1).unwrap_err().to_string();
-        assert_eq!(e, "invalid parameter `block_size`: 1000 is not a power of two between 512 and 65536");
+        assert_eq!(
+            e,
+            "invalid parameter `block_size`: 1000 is not a power of two between 512 and 65536"
+        );
         assert!(check_geometry(256, 1).is_err());
         assert!(check_geometry(512, 0).is_err());
         assert!(check_geometry(65536, u64::MAX).is_err());

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use crate::{
     check_geometry, check_name, uuid_from_name, Bdev, BdevChannel, BdevError, BdevInfo, BdevStats,
-    Capabilities, CompletionQueue, IoRequest, IoStatus, IoType, QueueFull, DEFAULT_QUEUE_DEPTH, MAX_SEGMENTS,
+    Capabilities, CompletionQueue, IoRequest, IoStatus, IoType, QueueFull, DEFAULT_QUEUE_DEPTH,
+    MAX_SEGMENTS,
 };
 
 /// The memory of a malloc bdev, shared by its channels.
@@ -47,13 +48,21 @@ pub fn create(name: &str, num_blocks: u64, block_size: u32) -> Result<MallocBdev
     let size = usize::try_from(size)
         .ok()
         .filter(|s| *s <= isize::MAX as usize / 2)
-        .ok_or_else(|| BdevError::param("num_blocks", format!("{size} bytes is too large for memory")))?;
+        .ok_or_else(|| {
+            BdevError::param(
+                "num_blocks",
+                format!("{size} bytes is too large for memory"),
+            )
+        })?;
     let layout = std::alloc::Layout::from_size_align(size, 4096)
         .map_err(|e| BdevError::param("num_blocks", e.to_string()))?;
     // SAFETY: layout has a non-zero size (check_geometry rejects 0 blocks).
     let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
     if ptr.is_null() {
-        return Err(BdevError::param("num_blocks", format!("cannot allocate {size} bytes")));
+        return Err(BdevError::param(
+            "num_blocks",
+            format!("cannot allocate {size} bytes"),
+        ));
     }
     Ok(MallocBdev {
         info: BdevInfo {
@@ -62,7 +71,10 @@ pub fn create(name: &str, num_blocks: u64, block_size: u32) -> Result<MallocBdev
             block_size,
             num_blocks,
             uuid: uuid_from_name("malloc", name),
-            caps: Capabilities { flush: false, ..Capabilities::ALL },
+            caps: Capabilities {
+                flush: false,
+                ..Capabilities::ALL
+            },
             buf_align: 1,
             max_segments: MAX_SEGMENTS,
             queue_depth: DEFAULT_QUEUE_DEPTH,
@@ -158,7 +170,10 @@ mod tests {
 
     #[test]
     fn too_large_is_a_clear_error() {
-        let e = create("huge", u64::MAX / 65536, 65536).err().unwrap().to_string();
+        let e = create("huge", u64::MAX / 65536, 65536)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.starts_with("invalid parameter `num_blocks`"), "{e}");
     }
 }

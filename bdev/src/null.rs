@@ -10,7 +10,8 @@ use std::any::Any;
 
 use crate::{
     check_geometry, check_name, uuid_from_name, Bdev, BdevChannel, BdevError, BdevInfo, BdevStats,
-    Capabilities, CompletionQueue, IoRequest, IoStatus, IoType, QueueFull, DEFAULT_QUEUE_DEPTH, MAX_SEGMENTS,
+    Capabilities, CompletionQueue, IoRequest, IoStatus, IoType, QueueFull, DEFAULT_QUEUE_DEPTH,
+    MAX_SEGMENTS,
 };
 
 /// A null bdev.
@@ -40,7 +41,10 @@ pub fn create(name: &str, num_blocks: u64, block_size: u32) -> Result<NullBdev, 
             block_size,
             num_blocks,
             uuid: uuid_from_name("null", name),
-            caps: Capabilities { flush: false, ..Capabilities::ALL },
+            caps: Capabilities {
+                flush: false,
+                ..Capabilities::ALL
+            },
             buf_align: 1,
             max_segments: MAX_SEGMENTS,
             queue_depth: DEFAULT_QUEUE_DEPTH,
@@ -113,7 +117,8 @@ mod tests {
 
     #[test]
     fn zero_reads_off_leaves_the_buffer_alone() {
-        let b: std::sync::Arc<dyn Bdev> = std::sync::Arc::new(create("n", 64, 512).unwrap().with_zero_reads(false));
+        let b: std::sync::Arc<dyn Bdev> =
+            std::sync::Arc::new(create("n", 64, 512).unwrap().with_zero_reads(false));
         let mut ch = crate::open_channel(&b).unwrap();
         let mut buf = testing::AlignedBuf::new(512);
         buf.as_mut_slice().fill(0xab);

@@ -65,7 +65,10 @@ impl BdevRegistry {
                 None => return Err(RegistryError::NotFound(b.clone())),
                 Some(x) => {
                     if let Some(by) = &x.claimed_by {
-                        return Err(RegistryError::InUse { name: b.clone(), by: by.clone() });
+                        return Err(RegistryError::InUse {
+                            name: b.clone(),
+                            by: by.clone(),
+                        });
                     }
                 }
             }
@@ -75,7 +78,12 @@ impl BdevRegistry {
 
     /// Adds a bdev, recording the call that created it and claiming its
     /// bases for it.
-    pub fn add(&self, bdev: Arc<dyn Bdev>, method: &str, params: Value) -> Result<(), RegistryError> {
+    pub fn add(
+        &self,
+        bdev: Arc<dyn Bdev>,
+        method: &str,
+        params: Value,
+    ) -> Result<(), RegistryError> {
         let mut e = self.lock();
         let name = bdev.info().name.clone();
         let bases = bdev.base_bdevs();
@@ -83,7 +91,12 @@ impl BdevRegistry {
         for x in e.iter_mut().filter(|x| bases.contains(&x.bdev.info().name)) {
             x.claimed_by = Some(name.clone());
         }
-        e.push(Entry { bdev, method: method.to_string(), params, claimed_by: None });
+        e.push(Entry {
+            bdev,
+            method: method.to_string(),
+            params,
+            claimed_by: None,
+        });
         tracing::info!(bdev = %name, method, "bdev created");
         Ok(())
     }
@@ -106,7 +119,10 @@ impl BdevRegistry {
             .find(|x| x.bdev.info().name == name)
             .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
         if let Some(holder) = &x.claimed_by {
-            return Err(RegistryError::InUse { name: name.to_string(), by: holder.clone() });
+            return Err(RegistryError::InUse {
+                name: name.to_string(),
+                by: holder.clone(),
+            });
         }
         x.claimed_by = Some(by.to_string());
         Ok(Arc::clone(&x.bdev))
@@ -124,7 +140,10 @@ impl BdevRegistry {
 
     /// Who claims `name`, if anyone.
     pub fn claimed_by(&self, name: &str) -> Option<String> {
-        self.lock().iter().find(|x| x.bdev.info().name == name).and_then(|x| x.claimed_by.clone())
+        self.lock()
+            .iter()
+            .find(|x| x.bdev.info().name == name)
+            .and_then(|x| x.claimed_by.clone())
     }
 
     /// Removes a bdev that nobody claims, releasing its bases.
@@ -135,7 +154,10 @@ impl BdevRegistry {
             .position(|x| x.bdev.info().name == name)
             .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
         if let Some(by) = &e[i].claimed_by {
-            return Err(RegistryError::InUse { name: name.to_string(), by: by.clone() });
+            return Err(RegistryError::InUse {
+                name: name.to_string(),
+                by: by.clone(),
+            });
         }
         let entry = e.remove(i);
         for b in entry.bdev.base_bdevs() {
@@ -159,7 +181,10 @@ impl BdevRegistry {
     /// The creating calls, in creation order: replaying them rebuilds the
     /// same bdevs (bases always precede their users).
     pub fn creation_calls(&self) -> Vec<(String, Value)> {
-        self.lock().iter().map(|x| (x.method.clone(), x.params.clone())).collect()
+        self.lock()
+            .iter()
+            .map(|x| (x.method.clone(), x.params.clone()))
+            .collect()
     }
 
     /// Updates the recorded parameters of a bdev (e.g. after members change).
@@ -187,10 +212,17 @@ mod tests {
     fn names_claims_and_deletion() {
         let r = BdevRegistry::new();
         let a: Arc<dyn Bdev> = Arc::new(malloc::create("a", 64, 512).unwrap());
-        r.add(a, "bdev_malloc_create", serde_json::json!({"name": "a"})).unwrap();
+        r.add(a, "bdev_malloc_create", serde_json::json!({"name": "a"}))
+            .unwrap();
         let dup: Arc<dyn Bdev> = Arc::new(null::create("a", 64, 512).unwrap());
-        assert_eq!(r.add(dup, "x", Value::Null), Err(RegistryError::Exists("a".into())));
-        assert_eq!(r.get("zz").err(), Some(RegistryError::NotFound("zz".into())));
+        assert_eq!(
+            r.add(dup, "x", Value::Null),
+            Err(RegistryError::Exists("a".into()))
+        );
+        assert_eq!(
+            r.get("zz").err(),
+            Some(RegistryError::NotFound("zz".into()))
+        );
         r.claim("a", "vhost0").unwrap();
         assert_eq!(
             r.remove("a").err().unwrap().to_string(),

@@ -15,7 +15,9 @@ pub fn fill_pattern(buf: &mut [u8], first_lba: u64, block_size: usize, seed: u64
     for (k, block) in buf.chunks_mut(block_size).enumerate() {
         let lba = first_lba + k as u64;
         for (j, chunk) in block.chunks_mut(8).enumerate() {
-            let word = (lba.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed.rotate_left(17) ^ (j as u64)).to_le_bytes();
+            let word =
+                (lba.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed.rotate_left(17) ^ (j as u64))
+                    .to_le_bytes();
             chunk.copy_from_slice(&word[..chunk.len()]);
         }
     }
@@ -53,7 +55,10 @@ pub unsafe fn run(ch: &mut Channel, req: &IoRequest<'_>) -> IoStatus {
                 status = Some(st)
             }
         });
-        assert!(Instant::now() < deadline, "I/O did not complete within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "I/O did not complete within 30 s"
+        );
         if status.is_none() {
             std::thread::yield_now();
         }
@@ -101,51 +106,111 @@ pub fn conformance(bdev: &Arc<dyn Bdev>, persistence: Persistence) {
     let nb = info.num_blocks;
     assert!(nb >= 64, "conformance needs at least 64 blocks");
     let mut ch = open_channel(bdev).expect("open channel");
-    let reads_before = bdev.stats().reads.load(std::sync::atomic::Ordering::Relaxed);
+    let reads_before = bdev
+        .stats()
+        .reads
+        .load(std::sync::atomic::Ordering::Relaxed);
 
     // Write 8 blocks from two iovecs, read back through three.
     let mut w = AlignedBuf::new(8 * bs);
     fill_pattern(w.as_mut_slice(), 3, bs, 42);
     let v = [w.iovec(0, 3 * bs), w.iovec(3 * bs, 5 * bs)];
     // SAFETY: `w` lives until the synchronous call returns.
-    assert_eq!(unsafe { run(&mut ch, &IoRequest::write(3, 8, &v)) }, IoStatus::Success, "vectored write");
+    assert_eq!(
+        unsafe { run(&mut ch, &IoRequest::write(3, 8, &v)) },
+        IoStatus::Success,
+        "vectored write"
+    );
     let mut r = AlignedBuf::new(8 * bs);
     let v = [r.iovec(0, bs), r.iovec(bs, 4 * bs), r.iovec(5 * bs, 3 * bs)];
     // SAFETY: as above.
-    assert_eq!(unsafe { run(&mut ch, &IoRequest::read(3, 8, &v)) }, IoStatus::Success, "vectored read");
+    assert_eq!(
+        unsafe { run(&mut ch, &IoRequest::read(3, 8, &v)) },
+        IoStatus::Success,
+        "vectored read"
+    );
     match persistence {
-        Persistence::None => assert!(r.as_slice().iter().all(|&b| b == 0), "null reads return zeroes"),
-        Persistence::Zeroing => assert!(check_pattern(r.as_slice(), 3, bs, 42), "read back what was written"),
+        Persistence::None => assert!(
+            r.as_slice().iter().all(|&b| b == 0),
+            "null reads return zeroes"
+        ),
+        Persistence::Zeroing => assert!(
+            check_pattern(r.as_slice(), 3, bs, 42),
+            "read back what was written"
+        ),
     }
 
     // The last block works; one past it does not.
     let mut one = AlignedBuf::new(bs);
     fill_pattern(one.as_mut_slice(), nb - 1, bs, 7);
-    assert_eq!(write(&mut ch, nb - 1, &mut one), IoStatus::Success, "last block");
-    assert_eq!(read(&mut ch, nb, &mut one), IoStatus::InvalidRequest, "read past the end");
-    assert_eq!(write(&mut ch, nb, &mut one), IoStatus::InvalidRequest, "write past the end");
+    assert_eq!(
+        write(&mut ch, nb - 1, &mut one),
+        IoStatus::Success,
+        "last block"
+    );
+    assert_eq!(
+        read(&mut ch, nb, &mut one),
+        IoStatus::InvalidRequest,
+        "read past the end"
+    );
+    assert_eq!(
+        write(&mut ch, nb, &mut one),
+        IoStatus::InvalidRequest,
+        "write past the end"
+    );
     let v = [one.iovec(0, bs)];
     // SAFETY: as above.
     unsafe {
-        assert_eq!(run(&mut ch, &IoRequest::read(u64::MAX, 1, &v)), IoStatus::InvalidRequest, "LBA overflow");
-        assert_eq!(run(&mut ch, &IoRequest::read(0, 0, &v)), IoStatus::InvalidRequest, "zero-length read");
-        assert_eq!(run(&mut ch, &IoRequest::read(0, 2, &v)), IoStatus::InvalidRequest, "length mismatch");
-        assert_eq!(run(&mut ch, &IoRequest::write(0, 1, &[])), IoStatus::InvalidRequest, "write without data");
+        assert_eq!(
+            run(&mut ch, &IoRequest::read(u64::MAX, 1, &v)),
+            IoStatus::InvalidRequest,
+            "LBA overflow"
+        );
+        assert_eq!(
+            run(&mut ch, &IoRequest::read(0, 0, &v)),
+            IoStatus::InvalidRequest,
+            "zero-length read"
+        );
+        assert_eq!(
+            run(&mut ch, &IoRequest::read(0, 2, &v)),
+            IoStatus::InvalidRequest,
+            "length mismatch"
+        );
+        assert_eq!(
+            run(&mut ch, &IoRequest::write(0, 1, &[])),
+            IoStatus::InvalidRequest,
+            "write without data"
+        );
     }
     if persistence == Persistence::Zeroing {
         let mut back = AlignedBuf::new(bs);
         assert_eq!(read(&mut ch, nb - 1, &mut back), IoStatus::Success);
-        assert!(check_pattern(back.as_slice(), nb - 1, bs, 7), "last block read back");
+        assert!(
+            check_pattern(back.as_slice(), nb - 1, bs, 7),
+            "last block read back"
+        );
     }
 
     // Flush always succeeds.
-    assert_eq!(run_nodata(&mut ch, &IoRequest::flush()), IoStatus::Success, "flush");
+    assert_eq!(
+        run_nodata(&mut ch, &IoRequest::flush()),
+        IoStatus::Success,
+        "flush"
+    );
 
     // Unmap and write-zeroes.
     for t in [IoType::WriteZeroes, IoType::Unmap] {
-        let req = if t == IoType::Unmap { IoRequest::unmap(4, 2) } else { IoRequest::write_zeroes(4, 2) };
+        let req = if t == IoType::Unmap {
+            IoRequest::unmap(4, 2)
+        } else {
+            IoRequest::write_zeroes(4, 2)
+        };
         if !info.caps.supports(t) {
-            assert_eq!(run_nodata(&mut ch, &req), IoStatus::Unsupported, "{t:?} unsupported");
+            assert_eq!(
+                run_nodata(&mut ch, &req),
+                IoStatus::Unsupported,
+                "{t:?} unsupported"
+            );
             continue;
         }
         let mut w = AlignedBuf::new(8 * bs);
@@ -153,17 +218,34 @@ pub fn conformance(bdev: &Arc<dyn Bdev>, persistence: Persistence) {
         assert_eq!(write(&mut ch, 3, &mut w), IoStatus::Success);
         assert_eq!(run_nodata(&mut ch, &req), IoStatus::Success, "{t:?}");
         assert_eq!(
-            run_nodata(&mut ch, &IoRequest { offset_blocks: nb, ..req }),
+            run_nodata(
+                &mut ch,
+                &IoRequest {
+                    offset_blocks: nb,
+                    ..req
+                }
+            ),
             IoStatus::InvalidRequest,
             "{t:?} out of range"
         );
-        if persistence == Persistence::Zeroing && (t == IoType::WriteZeroes || info.caps.unmap_reads_zeroes) {
+        if persistence == Persistence::Zeroing
+            && (t == IoType::WriteZeroes || info.caps.unmap_reads_zeroes)
+        {
             let mut r = AlignedBuf::new(8 * bs);
             assert_eq!(read(&mut ch, 3, &mut r), IoStatus::Success);
             let s = r.as_slice();
-            assert!(check_pattern(&s[..bs], 3, bs, 43), "{t:?} left the block before alone");
-            assert!(s[bs..3 * bs].iter().all(|&b| b == 0), "{t:?} zeroed its range");
-            assert!(check_pattern(&s[3 * bs..], 6, bs, 43), "{t:?} left the blocks after alone");
+            assert!(
+                check_pattern(&s[..bs], 3, bs, 43),
+                "{t:?} left the block before alone"
+            );
+            assert!(
+                s[bs..3 * bs].iter().all(|&b| b == 0),
+                "{t:?} zeroed its range"
+            );
+            assert!(
+                check_pattern(&s[3 * bs..], 6, bs, 43),
+                "{t:?} left the blocks after alone"
+            );
         }
     }
 
@@ -174,7 +256,8 @@ pub fn conformance(bdev: &Arc<dyn Bdev>, persistence: Persistence) {
     for (i, b) in bufs.iter_mut().enumerate() {
         let v = [b.iovec(0, bs)];
         // SAFETY: `bufs` outlives the completions, which we wait for below.
-        unsafe { ch.submit(&IoRequest::read(i as u64 % nb, 1, &v), 1000 + i as u64) }.expect("queue has room");
+        unsafe { ch.submit(&IoRequest::read(i as u64 % nb, 1, &v), 1000 + i as u64) }
+            .expect("queue has room");
         want.insert(1000 + i as u64);
     }
     assert_eq!(ch.inflight(), n);
@@ -182,12 +265,21 @@ pub fn conformance(bdev: &Arc<dyn Bdev>, persistence: Persistence) {
     while !want.is_empty() {
         ch.poll(&mut |tag, st| {
             assert_eq!(st, IoStatus::Success);
-            assert!(want.remove(&tag), "tag {tag} completed twice or was never submitted");
+            assert!(
+                want.remove(&tag),
+                "tag {tag} completed twice or was never submitted"
+            );
         });
         assert!(Instant::now() < deadline, "requests did not complete");
     }
     assert_eq!(ch.inflight(), 0);
-    let reads_after = bdev.stats().reads.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(reads_after > reads_before + n as u64, "read statistics counted");
+    let reads_after = bdev
+        .stats()
+        .reads
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        reads_after > reads_before + n as u64,
+        "read statistics counted"
+    );
     drop(bufs);
 }

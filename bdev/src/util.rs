@@ -14,7 +14,9 @@ impl CompletionQueue {
     /// A queue for up to `capacity` completions (it grows only if a module
     /// misuses it beyond its pool size).
     pub fn with_capacity(capacity: usize) -> Self {
-        CompletionQueue { q: VecDeque::with_capacity(capacity) }
+        CompletionQueue {
+            q: VecDeque::with_capacity(capacity),
+        }
     }
 
     /// Queues a completion.
@@ -77,7 +79,10 @@ impl<T> Slab<T> {
     pub fn with_capacity(capacity: usize) -> Self {
         let mut slots = Vec::with_capacity(capacity);
         slots.resize_with(capacity, || None);
-        Slab { slots, free: (0..capacity as u32).rev().collect() }
+        Slab {
+            slots,
+            free: (0..capacity as u32).rev().collect(),
+        }
     }
 
     /// Stores `v`, returning its slot, or gives it back when full.
@@ -132,7 +137,10 @@ impl<T> Slab<T> {
 
     /// Iterates over used slots.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
-        self.slots.iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|v| (i as u32, v)))
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|v| (i as u32, v)))
     }
 }
 
@@ -170,7 +178,10 @@ impl AlignedBuf {
     /// One iovec over `[off, off + len)`.
     pub fn iovec(&mut self, off: usize, len: usize) -> IoVec {
         assert!(off + len <= self.len);
-        IoVec { base: self.ptr.wrapping_add(off), len }
+        IoVec {
+            base: self.ptr.wrapping_add(off),
+            len,
+        }
     }
 
     /// Length.
@@ -186,7 +197,8 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        let layout = std::alloc::Layout::from_size_align(self.len.max(1), 4096).expect("buffer layout");
+        let layout =
+            std::alloc::Layout::from_size_align(self.len.max(1), 4096).expect("buffer layout");
         // SAFETY: allocated in `new` with this layout, freed once.
         unsafe { std::alloc::dealloc(self.ptr, layout) }
     }

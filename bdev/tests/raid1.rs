@@ -40,20 +40,38 @@ fn raid1_writes_land_on_every_member_and_ops_are_forwarded() {
     let st = unsafe { testing::run(&mut ch, &IoRequest::write(100, 16, &v).with_fua(true)) };
     assert_eq!(st, IoStatus::Success);
     for m in [&a, &b] {
-        assert!(check_pattern(read_direct(m, off + 100, 16).as_slice(), 100, 512, 5), "{}", m.info().name);
+        assert!(
+            check_pattern(read_direct(m, off + 100, 16).as_slice(), 100, 512, 5),
+            "{}",
+            m.info().name
+        );
     }
     // FUA reached both members (data write; bitmap writes are FUA too).
     assert!(ca.fua_writes.load(SeqCst) >= 1 && cb.fua_writes.load(SeqCst) >= 1);
     // WRITE_ZEROES and UNMAP reach every member.
-    assert_eq!(run_nodata(&mut ch, &IoRequest::write_zeroes(104, 4)), IoStatus::Success);
-    assert_eq!(run_nodata(&mut ch, &IoRequest::unmap(110, 2)), IoStatus::Success);
+    assert_eq!(
+        run_nodata(&mut ch, &IoRequest::write_zeroes(104, 4)),
+        IoStatus::Success
+    );
+    assert_eq!(
+        run_nodata(&mut ch, &IoRequest::unmap(110, 2)),
+        IoStatus::Success
+    );
     for m in [&a, &b] {
         let d = read_direct(m, off + 100, 16);
         let s = d.as_slice();
         assert!(check_pattern(&s[..4 * 512], 100, 512, 5));
-        assert!(s[4 * 512..8 * 512].iter().all(|&x| x == 0), "write_zeroes on {}", m.info().name);
+        assert!(
+            s[4 * 512..8 * 512].iter().all(|&x| x == 0),
+            "write_zeroes on {}",
+            m.info().name
+        );
         assert!(check_pattern(&s[8 * 512..10 * 512], 108, 512, 5));
-        assert!(s[10 * 512..12 * 512].iter().all(|&x| x == 0), "unmap on {}", m.info().name);
+        assert!(
+            s[10 * 512..12 * 512].iter().all(|&x| x == 0),
+            "unmap on {}",
+            m.info().name
+        );
     }
     // A flush goes to both; a failing flush fails the member, not the I/O.
     assert_eq!(run_nodata(&mut ch, &IoRequest::flush()), IoStatus::Success);
@@ -70,31 +88,59 @@ fn raid1_reads_are_balanced_and_write_mostly_is_avoided() {
     let r = make("bal_r", 64, &[&a, &b]);
     let mut ch = open_channel(&as_dyn(&r)).unwrap();
     let ios = shuffled_writes(64, 8, 9);
-    assert!(run_ios(&mut ch, &ios, 16, &mut |_| {}).iter().all(|s| s.is_ok()));
+    assert!(run_ios(&mut ch, &ios, 16, &mut |_| {})
+        .iter()
+        .all(|s| s.is_ok()));
     // Random reads at depth 16 go to both members.
-    let reads: Vec<Io> = shuffled_writes(64, 8, 9).into_iter().map(|i| Io { io_type: IoType::Read, ..i }).collect();
+    let reads: Vec<Io> = shuffled_writes(64, 8, 9)
+        .into_iter()
+        .map(|i| Io {
+            io_type: IoType::Read,
+            ..i
+        })
+        .collect();
     let (ra, rb) = (ca.reads.load(SeqCst), cb.reads.load(SeqCst));
-    assert!(run_ios(&mut ch, &reads, 16, &mut |_| {}).iter().all(|s| s.is_ok()));
+    assert!(run_ios(&mut ch, &reads, 16, &mut |_| {})
+        .iter()
+        .all(|s| s.is_ok()));
     let (da, db) = (ca.reads.load(SeqCst) - ra, cb.reads.load(SeqCst) - rb);
     assert_eq!(da + db, 64);
     assert!(da >= 8 && db >= 8, "balanced: {da} vs {db}");
     // A sequential stream at depth 1 stays on one member.
     let (ra, rb) = (ca.reads.load(SeqCst), cb.reads.load(SeqCst));
     verify(&mut ch, 64, 8, 9);
-    let seq: Vec<Io> = (0..64).map(|c| Io { io_type: IoType::Read, lba: c * 8, blocks: 8, seed: 9 }).collect();
-    assert!(run_ios(&mut ch, &seq, 1, &mut |_| {}).iter().all(|s| s.is_ok()));
+    let seq: Vec<Io> = (0..64)
+        .map(|c| Io {
+            io_type: IoType::Read,
+            lba: c * 8,
+            blocks: 8,
+            seed: 9,
+        })
+        .collect();
+    assert!(run_ios(&mut ch, &seq, 1, &mut |_| {})
+        .iter()
+        .all(|s| s.is_ok()));
     let (da, db) = (ca.reads.load(SeqCst) - ra, cb.reads.load(SeqCst) - rb);
-    assert!(da == 0 || db == 0 || da.min(db) <= 2, "sequential stream stays: {da} vs {db}");
+    assert!(
+        da == 0 || db == 0 || da.min(db) <= 2,
+        "sequential stream stays: {da} vs {db}"
+    );
     drop(ch);
     drop(r);
 
     // Write-mostly: b is never read while a is in sync.
-    let mut p = CreateParams { name: "bal_r2".into(), bitmap_chunk_kb: Some(64), ..Default::default() };
+    let mut p = CreateParams {
+        name: "bal_r2".into(),
+        bitmap_chunk_kb: Some(64),
+        ..Default::default()
+    };
     p.write_mostly = vec!["bal_b".into()];
     let r = raid1::create(&p, vec![a.clone(), b.clone()]).unwrap();
     let mut ch = open_channel(&as_dyn(&r)).unwrap();
     let rb = cb.reads.load(SeqCst);
-    assert!(run_ios(&mut ch, &reads, 16, &mut |_| {}).iter().all(|s| s.is_ok()));
+    assert!(run_ios(&mut ch, &reads, 16, &mut |_| {})
+        .iter()
+        .all(|s| s.is_ok()));
     assert_eq!(cb.reads.load(SeqCst), rb, "write-mostly member was read");
 }
 
@@ -108,7 +154,11 @@ fn raid1_member_fails_mid_workload_without_errors() {
     ca.fail_writes_after.store(60, SeqCst);
     let ios = shuffled_writes(256, 16, 77);
     let st = run_ios(&mut ch, &ios, 32, &mut |_| {});
-    assert!(st.iter().all(|s| s.is_ok()), "{:?}", st.iter().filter(|s| !s.is_ok()).collect::<Vec<_>>());
+    assert!(
+        st.iter().all(|s| s.is_ok()),
+        "{:?}",
+        st.iter().filter(|s| !s.is_ok()).collect::<Vec<_>>()
+    );
     assert!(ca.fail_writes.load(SeqCst), "the failure was injected");
     assert_eq!(member_state(&r, "mf_a"), "faulty");
     let s = r.status();
@@ -117,10 +167,17 @@ fn raid1_member_fails_mid_workload_without_errors() {
     // All data verifies through the array and on the survivor.
     verify(&mut ch, 256, 16, 77);
     let off = data_offset(&r);
-    assert!(check_pattern(read_direct(&b, off, 4096).as_slice(), 0, 512, 77));
+    assert!(check_pattern(
+        read_direct(&b, off, 4096).as_slice(),
+        0,
+        512,
+        77
+    ));
     // Writes after the failure keep working.
     let ios = shuffled_writes(64, 16, 78);
-    assert!(run_ios(&mut ch, &ios, 8, &mut |_| {}).iter().all(|s| s.is_ok()));
+    assert!(run_ios(&mut ch, &ios, 8, &mut |_| {})
+        .iter()
+        .all(|s| s.is_ok()));
     verify(&mut ch, 64, 16, 78);
 }
 
@@ -139,17 +196,27 @@ fn raid1_read_errors_are_retried_and_repaired() {
     let off = data_offset(&r);
     let mut ch = open_channel(&as_dyn(&r)).unwrap();
     let ios = shuffled_writes(32, 8, 3);
-    assert!(run_ios(&mut ch, &ios, 8, &mut |_| {}).iter().all(|s| s.is_ok()));
+    assert!(run_ios(&mut ch, &ios, 8, &mut |_| {})
+        .iter()
+        .all(|s| s.is_ok()));
     // Blocks 40..52 of `a` go bad.
     ca.set_bad_range(off + 40, off + 52);
     let mut buf = AlignedBuf::new(64 * 512);
     assert_eq!(read(&mut ch, 16, &mut buf), IoStatus::Success);
-    assert!(check_pattern(buf.as_slice(), 16, 512, 3), "read returned the good data");
+    assert!(
+        check_pattern(buf.as_slice(), 16, 512, 3),
+        "read returned the good data"
+    );
     assert_eq!(ca.bad_range(), (0, 0), "the bad range was rewritten on a");
     assert!(r.status()["read_repairs"].as_u64().unwrap() >= 1);
     assert_eq!(member_state(&r, "re_a"), "in_sync");
     // The repaired range on `a` holds the data.
-    assert!(check_pattern(read_direct(&a, off + 40, 12).as_slice(), 40, 512, 3));
+    assert!(check_pattern(
+        read_direct(&a, off + 40, 12).as_slice(),
+        40,
+        512,
+        3
+    ));
     verify(&mut ch, 32, 8, 3);
 
     // A member whose repair write fails is marked faulty; reads still work.
@@ -168,7 +235,9 @@ fn raid1_with_no_member_left_fails_io_without_hanging() {
     let r = make("ng_r", 64, &[&a, &b]);
     let mut ch = open_channel(&as_dyn(&r)).unwrap();
     let ios = shuffled_writes(16, 8, 4);
-    assert!(run_ios(&mut ch, &ios, 4, &mut |_| {}).iter().all(|s| s.is_ok()));
+    assert!(run_ios(&mut ch, &ios, 4, &mut |_| {})
+        .iter()
+        .all(|s| s.is_ok()));
     for c in [&ca, &cb] {
         c.fail_writes.store(true, SeqCst);
         c.fail_reads.store(true, SeqCst);
@@ -184,15 +253,24 @@ fn raid1_with_no_member_left_fails_io_without_hanging() {
     assert_eq!(r.status()["in_sync"], 1);
     // Once the last member is gone too (failed explicitly is refused:
     // remove the faulty one, then fail... the last cannot be failed).
-    let e = r.fail_member(if member_state(&r, "ng_a") == "in_sync" { "ng_a" } else { "ng_b" });
+    let e = r.fail_member(if member_state(&r, "ng_a") == "in_sync" {
+        "ng_a"
+    } else {
+        "ng_b"
+    });
     assert!(e.unwrap_err().to_string().contains("last in-sync member"));
 }
 
 #[test]
 fn raid1_bad_requests_get_clear_errors() {
-    let err = |p: &CreateParams, m: Vec<Arc<dyn Bdev>>| raid1::create(p, m).err().expect("must fail").to_string();
+    let err = |p: &CreateParams, m: Vec<Arc<dyn Bdev>>| {
+        raid1::create(p, m).err().expect("must fail").to_string()
+    };
     let p = params("bad_r", 64);
-    assert_eq!(err(&p, vec![]), "invalid parameter `members`: a raid1 needs at least one member (none given)");
+    assert_eq!(
+        err(&p, vec![]),
+        "invalid parameter `members`: a raid1 needs at least one member (none given)"
+    );
     let a = mem("bad_a", 8192, 512);
     let b4k = mem("bad_b4k", 1024, 4096);
     assert_eq!(
@@ -201,10 +279,24 @@ fn raid1_bad_requests_get_clear_errors() {
     );
     let tiny = mem("bad_tiny", 1024, 512);
     let e = err(&p, vec![a.clone(), tiny]);
-    assert!(e.starts_with("invalid parameter `members`: member `bad_tiny` is too small: 1024 blocks of 512 bytes"), "{e}");
-    assert_eq!(err(&p, vec![a.clone(), a.clone()]), "invalid parameter `members`: member `bad_a` is listed twice");
-    assert_eq!(err(&p, vec![a.clone()]), "invalid parameter `members`: a new raid1 needs at least 2 members");
-    let e = err(&params("bad_r", 3), vec![a.clone(), mem("bad_c", 8192, 512)]);
+    assert!(
+        e.starts_with(
+            "invalid parameter `members`: member `bad_tiny` is too small: 1024 blocks of 512 bytes"
+        ),
+        "{e}"
+    );
+    assert_eq!(
+        err(&p, vec![a.clone(), a.clone()]),
+        "invalid parameter `members`: member `bad_a` is listed twice"
+    );
+    assert_eq!(
+        err(&p, vec![a.clone()]),
+        "invalid parameter `members`: a new raid1 needs at least 2 members"
+    );
+    let e = err(
+        &params("bad_r", 3),
+        vec![a.clone(), mem("bad_c", 8192, 512)],
+    );
     assert!(e.starts_with("invalid parameter `bitmap_chunk_kb`"), "{e}");
     let e = err(&params("bad/r", 64), vec![a.clone()]);
     assert!(e.starts_with("invalid parameter `name`"), "{e}");
@@ -212,7 +304,12 @@ fn raid1_bad_requests_get_clear_errors() {
     // Through the registry: a member already in use.
     let reg = BdevRegistry::new();
     for n in ["u_a", "u_b", "u_c"] {
-        reg.add(mem(n, 8192, 512), "bdev_malloc_create", serde_json::json!({ "name": n })).unwrap();
+        reg.add(
+            mem(n, 8192, 512),
+            "bdev_malloc_create",
+            serde_json::json!({ "name": n }),
+        )
+        .unwrap();
     }
     let mut p = params("u_r1", 64);
     p.members = vec!["u_a".into(), "u_b".into()];
@@ -221,20 +318,43 @@ fn raid1_bad_requests_get_clear_errors() {
     let mut p2 = params("u_r2", 64);
     p2.members = vec!["u_c".into(), "u_a".into()];
     let e = raid1::rpc_create(&reg, &p2).err().unwrap().to_string();
-    assert_eq!(e, "invalid parameter `members`: bdev `u_a` is in use by `u_r1`");
+    assert_eq!(
+        e,
+        "invalid parameter `members`: bdev `u_a` is in use by `u_r1`"
+    );
     p2.members = vec!["u_c".into(), "u_zz".into()];
     let e = raid1::rpc_create(&reg, &p2).err().unwrap().to_string();
     assert_eq!(e, "invalid parameter `members`: bdev `u_zz` does not exist");
     // The failed creates did not touch u_c: it can still form a new array.
-    assert!(read_direct(&reg.get("u_c").unwrap(), 0, 8).as_slice().iter().all(|&x| x == 0));
-    let mp = MemberParams { name: "u_r1".into(), member: "u_c".into() };
-    let e = raid1::rpc_remove_member(&reg, &mp).err().unwrap().to_string();
-    assert_eq!(e, "invalid parameter `member`: `u_c` is not a member of raid1 `u_r1`");
+    assert!(read_direct(&reg.get("u_c").unwrap(), 0, 8)
+        .as_slice()
+        .iter()
+        .all(|&x| x == 0));
+    let mp = MemberParams {
+        name: "u_r1".into(),
+        member: "u_c".into(),
+    };
+    let e = raid1::rpc_remove_member(&reg, &mp)
+        .err()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        e,
+        "invalid parameter `member`: `u_c` is not a member of raid1 `u_r1`"
+    );
     // Members with superblocks of another array, mixed with a blank one.
     let mut p3 = params("u_r3", 64);
     p3.members = vec!["u_a".into(), "u_c".into()];
-    let e = raid1::create(&p3, vec![reg.get("u_a").unwrap(), reg.get("u_c").unwrap()]).err().unwrap().to_string();
-    assert!(e.contains("member `u_c` has no raid1 superblock while other members belong to array `u_r1`"), "{e}");
+    let e = raid1::create(&p3, vec![reg.get("u_a").unwrap(), reg.get("u_c").unwrap()])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains(
+            "member `u_c` has no raid1 superblock while other members belong to array `u_r1`"
+        ),
+        "{e}"
+    );
 }
 
 #[test]

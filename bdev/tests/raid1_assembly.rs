@@ -33,7 +33,9 @@ fn raid1_clean_restart_reassembles_without_resync() {
     let events = r.status()["events"].as_u64().unwrap();
     let mut ch = open_channel(&as_dyn(&r)).unwrap();
     let ios = shuffled_writes(32, 16, 11);
-    assert!(run_ios(&mut ch, &ios, 8, &mut |_| {}).iter().all(|s| s.is_ok()));
+    assert!(run_ios(&mut ch, &ios, 8, &mut |_| {})
+        .iter()
+        .all(|s| s.is_ok()));
     drop(ch);
     r.shutdown();
     assert_eq!(r.status()["clean"], true);
@@ -72,7 +74,10 @@ fn raid1_clean_restart_reassembles_without_resync() {
 #[test]
 fn raid1_unclean_shutdown_resyncs_only_dirty_regions() {
     let dir = tempfile::tempdir().unwrap();
-    let paths: Vec<String> = ["a", "b"].iter().map(|n| dir.path().join(n).to_str().unwrap().to_string()).collect();
+    let paths: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|n| dir.path().join(n).to_str().unwrap().to_string())
+        .collect();
     for p in &paths {
         std::fs::File::create(p).unwrap().set_len(8 << 20).unwrap();
     }
@@ -80,7 +85,9 @@ fn raid1_unclean_shutdown_resyncs_only_dirty_regions() {
         paths
             .iter()
             .enumerate()
-            .map(|(i, p)| Arc::new(file::create(&format!("k9_{gen}_{i}"), p, 512).unwrap()) as Arc<dyn Bdev>)
+            .map(|(i, p)| {
+                Arc::new(file::create(&format!("k9_{gen}_{i}"), p, 512).unwrap()) as Arc<dyn Bdev>
+            })
             .collect()
     };
     let m = open(0);
@@ -94,14 +101,22 @@ fn raid1_unclean_shutdown_resyncs_only_dirty_regions() {
     // Fill the whole array, then let the bitmap go clean.
     let n_chunks = r.info().num_blocks / 32;
     let ios = shuffled_writes(n_chunks, 32, 21);
-    assert!(run_ios(&mut ch, &ios, 16, &mut |_| {}).iter().all(|s| s.is_ok()));
+    assert!(run_ios(&mut ch, &ios, 16, &mut |_| {})
+        .iter()
+        .all(|s| s.is_ok()));
     assert_eq!(dirty(&r), regions);
     clear_bitmap(&mut task);
     assert_eq!(dirty(&r), 0);
     // Writes to five regions (two writes in region 17, one spanning 40/41).
     let bs = 512usize;
     let mut hot = Vec::new();
-    for (lba, n) in [(3 * region_blocks + 8, 16), (17 * region_blocks, 32), (17 * region_blocks + 64, 32), (41 * region_blocks - 16, 32), (60 * region_blocks + 100, 8)] {
+    for (lba, n) in [
+        (3 * region_blocks + 8, 16),
+        (17 * region_blocks, 32),
+        (17 * region_blocks + 64, 32),
+        (41 * region_blocks - 16, 32),
+        (60 * region_blocks + 100, 8),
+    ] {
         let mut w = AlignedBuf::new(n as usize * bs);
         fill_pattern(w.as_mut_slice(), lba, bs, 21);
         assert_eq!(write(&mut ch, lba, &mut w), IoStatus::Success);
@@ -119,7 +134,10 @@ fn raid1_unclean_shutdown_resyncs_only_dirty_regions() {
         let mut ch = open_channel(&m[1]).unwrap();
         let mut junk = AlignedBuf::new(32 * bs);
         junk.as_mut_slice().fill(0xa5);
-        assert_eq!(write(&mut ch, off + 17 * region_blocks, &mut junk), IoStatus::Success);
+        assert_eq!(
+            write(&mut ch, off + 17 * region_blocks, &mut junk),
+            IoStatus::Success
+        );
     }
     assert!(!members_equal(&open(2)[0], &open(3)[1], off, 14336));
     // Restart: reassemble from the members alone.
@@ -134,10 +152,17 @@ fn raid1_unclean_shutdown_resyncs_only_dirty_regions() {
     verify(&mut ch, n_chunks, 32, 21);
     let mut task = r.rebuild_task();
     settle(&mut task);
-    assert_eq!(r.resynced_regions(), 5, "only the dirty regions were resynced");
+    assert_eq!(
+        r.resynced_regions(),
+        5,
+        "only the dirty regions were resynced"
+    );
     assert_eq!(r.status()["resync_active"], false);
     let n = r.info().num_blocks;
-    assert!(members_equal(&m[0], &m[1], off, n), "members identical after resync");
+    assert!(
+        members_equal(&m[0], &m[1], off, n),
+        "members identical after resync"
+    );
     verify(&mut ch, n_chunks, 32, 21);
     // A second crash right away: still dirty regions only (not cleared yet).
     drop(ch);
@@ -174,17 +199,26 @@ fn raid1_stale_member_is_not_read_and_is_resynced_from_the_bitmap() {
     let mut ch = open_channel(&as_dyn(&r)).unwrap();
     let mut task = r.rebuild_task();
     let ios = shuffled_writes(n_chunks, 16, 31);
-    assert!(run_ios(&mut ch, &ios, 8, &mut |_| {}).iter().all(|s| s.is_ok()));
+    assert!(run_ios(&mut ch, &ios, 8, &mut |_| {})
+        .iter()
+        .all(|s| s.is_ok()));
     clear_bitmap(&mut task);
     r.fail_member("sm_b").unwrap();
     // Three regions (of 128 blocks) rewritten while b is out.
     let mut newer = Vec::new();
     for c in [1u64, 2, 40, 41, 200] {
-        newer.push(Io { io_type: IoType::Write, lba: c * 16, blocks: 16, seed: 32 });
+        newer.push(Io {
+            io_type: IoType::Write,
+            lba: c * 16,
+            blocks: 16,
+            seed: 32,
+        });
     }
-    assert!(run_ios(&mut ch, &newer, 4, &mut |_| {}).iter().all(|s| s.is_ok()));
+    assert!(run_ios(&mut ch, &newer, 4, &mut |_| {})
+        .iter()
+        .all(|s| s.is_ok()));
     assert_eq!(dirty(&r), 3); // chunks 1,2 → region 0; 40,41 → region 5; 200 → region 25
-    // The bitmap is not cleared while degraded.
+                              // The bitmap is not cleared while degraded.
     task.set_clear_interval(Duration::ZERO);
     for _ in 0..4 {
         task.poll();
@@ -202,7 +236,16 @@ fn raid1_stale_member_is_not_read_and_is_resynced_from_the_bitmap() {
     let mut ch = open_channel(&as_dyn(&r)).unwrap();
     let check = |ch: &mut bdev::Channel| {
         let reads: Vec<Io> = (0..n_chunks)
-            .map(|c| Io { io_type: IoType::Read, lba: c * 16, blocks: 16, seed: if [1, 2, 40, 41, 200].contains(&c) { 32 } else { 31 } })
+            .map(|c| Io {
+                io_type: IoType::Read,
+                lba: c * 16,
+                blocks: 16,
+                seed: if [1, 2, 40, 41, 200].contains(&c) {
+                    32
+                } else {
+                    31
+                },
+            })
             .collect();
         let st = run_ios(ch, &reads, 16, &mut |_| {});
         assert!(st.iter().all(|s| s.is_ok()), "a read returned stale data");
@@ -228,13 +271,32 @@ fn raid1_readded_member_gets_only_the_dirty_regions() {
     let mut ch = open_channel(&as_dyn(&r)).unwrap();
     let mut task = r.rebuild_task();
     let n_chunks = r.info().num_blocks / 16;
-    assert!(run_ios(&mut ch, &shuffled_writes(n_chunks, 16, 41), 8, &mut |_| {}).iter().all(|s| s.is_ok()));
+    assert!(
+        run_ios(&mut ch, &shuffled_writes(n_chunks, 16, 41), 8, &mut |_| {})
+            .iter()
+            .all(|s| s.is_ok())
+    );
     clear_bitmap(&mut task);
     let gone = r.remove_member("ra_b").unwrap();
     assert_eq!(member_state(&r, "ra_b"), "absent");
     assert_eq!(r.status()["members"][1]["state"], "missing");
-    let newer = [Io { io_type: IoType::Write, lba: 300, blocks: 16, seed: 42 }, Io { io_type: IoType::Write, lba: 2000, blocks: 8, seed: 42 }];
-    assert!(run_ios(&mut ch, &newer, 2, &mut |_| {}).iter().all(|s| s.is_ok()));
+    let newer = [
+        Io {
+            io_type: IoType::Write,
+            lba: 300,
+            blocks: 16,
+            seed: 42,
+        },
+        Io {
+            io_type: IoType::Write,
+            lba: 2000,
+            blocks: 8,
+            seed: 42,
+        },
+    ];
+    assert!(run_ios(&mut ch, &newer, 2, &mut |_| {})
+        .iter()
+        .all(|s| s.is_ok()));
     r.add_member(gone).unwrap();
     assert_eq!(member_state(&r, "ra_b"), "resyncing");
     settle(&mut task);
@@ -244,7 +306,19 @@ fn raid1_readded_member_gets_only_the_dirty_regions() {
     assert!(members_equal(&a, &b, off, r.info().num_blocks));
     // A faulty member added again is resynced the same way.
     r.fail_member("ra_b").unwrap();
-    assert!(run_ios(&mut ch, &[Io { io_type: IoType::Write, lba: 5000, blocks: 8, seed: 43 }], 1, &mut |_| {}).iter().all(|s| s.is_ok()));
+    assert!(run_ios(
+        &mut ch,
+        &[Io {
+            io_type: IoType::Write,
+            lba: 5000,
+            blocks: 8,
+            seed: 43
+        }],
+        1,
+        &mut |_| {}
+    )
+    .iter()
+    .all(|s| s.is_ok()));
     r.add_member(b.clone()).unwrap();
     settle(&mut task);
     assert_eq!(r.resynced_regions(), 2 + 3); // regions of 300, 2000 (still dirty) and 5000
@@ -265,11 +339,20 @@ fn raid1_assembly_refuses_what_it_cannot_trust() {
     drop(task);
     r.shutdown();
     drop(r);
-    let e = raid1::create(&CreateParams { name: "as_r".into(), ..Default::default() }, vec![a.clone(), b.clone()])
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(e.contains("member `as_b` no longer belongs to array `as_r`"), "{e}");
+    let e = raid1::create(
+        &CreateParams {
+            name: "as_r".into(),
+            ..Default::default()
+        },
+        vec![a.clone(), b.clone()],
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("member `as_b` no longer belongs to array `as_r`"),
+        "{e}"
+    );
     // a and c reassemble; a alone too (degraded, c missing).
     let r = make("as_r", 64, &[&a, &c]);
     assert_eq!(r.status()["state"], "online");
@@ -284,16 +367,26 @@ fn raid1_assembly_refuses_what_it_cannot_trust() {
     let d = mem("as_d", 8192, 512);
     let e2 = mem("as_e", 8192, 512);
     drop(make("as_other", 64, &[&d, &e2]));
-    let e = raid1::create(&params("as_x", 64), vec![a.clone(), d.clone()]).err().unwrap().to_string();
+    let e = raid1::create(&params("as_x", 64), vec![a.clone(), d.clone()])
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("members belong to different arrays"), "{e}");
     // A damaged superblock is reported, not silently reformatted.
     {
         let mut ch = open_channel(&d).unwrap();
         let mut junk = AlignedBuf::new(512);
-        junk.as_mut_slice().copy_from_slice(&read_direct(&d, 0, 1).as_slice()[..512]);
+        junk.as_mut_slice()
+            .copy_from_slice(&read_direct(&d, 0, 1).as_slice()[..512]);
         junk.as_mut_slice()[200] ^= 0xff;
         assert_eq!(write(&mut ch, 0, &mut junk), IoStatus::Success);
     }
-    let e = raid1::create(&params("as_y", 64), vec![d.clone(), e2.clone()]).err().unwrap().to_string();
-    assert!(e.contains("member `as_d`: superblock checksum mismatch"), "{e}");
+    let e = raid1::create(&params("as_y", 64), vec![d.clone(), e2.clone()])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("member `as_d`: superblock checksum mismatch"),
+        "{e}"
+    );
 }

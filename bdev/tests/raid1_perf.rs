@@ -16,14 +16,23 @@ use bdev::testing::AlignedBuf;
 use bdev::{malloc, open_channel, Bdev, IoRequest, IoStatus, IoVec};
 
 fn cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Runs `ios` random 4 KiB I/Os at queue depth `qd`; returns CPU ns per I/O.
-fn run(bdev: &Arc<dyn Bdev>, task: &mut dyn FnMut() -> usize, write: bool, qd: usize, ios: u64) -> f64 {
+fn run(
+    bdev: &Arc<dyn Bdev>,
+    task: &mut dyn FnMut() -> usize,
+    write: bool,
+    qd: usize,
+    ios: u64,
+) -> f64 {
     let mut ch = open_channel(bdev).unwrap();
     let span = bdev.info().num_blocks;
     let mut bufs: Vec<AlignedBuf> = (0..qd).map(|_| AlignedBuf::new(4096)).collect();
@@ -35,8 +44,15 @@ fn run(bdev: &Arc<dyn Bdev>, task: &mut dyn FnMut() -> usize, write: bool, qd: u
         rng % span
     };
     let submit = |ch: &mut bdev::Channel, bufs: &mut [AlignedBuf], i: usize, lba: u64| {
-        let v = [IoVec { base: bufs[i].as_mut_slice().as_mut_ptr(), len: 4096 }];
-        let req = if write { IoRequest::write(lba, 1, &v) } else { IoRequest::read(lba, 1, &v) };
+        let v = [IoVec {
+            base: bufs[i].as_mut_slice().as_mut_ptr(),
+            len: 4096,
+        }];
+        let req = if write {
+            IoRequest::write(lba, 1, &v)
+        } else {
+            IoRequest::read(lba, 1, &v)
+        };
         // SAFETY: each buffer is lent to one request at a time and outlives it.
         assert!(unsafe { ch.submit(&req, i as u64) }.is_ok());
     };
@@ -73,14 +89,24 @@ fn run(bdev: &Arc<dyn Bdev>, task: &mut dyn FnMut() -> usize, write: bool, qd: u
 #[test]
 #[ignore]
 fn raid1_perf_vs_malloc() {
-    let blocks = std::env::var("RAID1_PERF_BLOCKS").ok().and_then(|s| s.parse().ok()).unwrap_or(262_144u64);
+    let blocks = std::env::var("RAID1_PERF_BLOCKS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(262_144u64);
     let mk = |n: &str| -> Arc<dyn Bdev> { Arc::new(malloc::create(n, blocks, 4096).unwrap()) };
     let (m0, m1, bare) = (mk("p_m0"), mk("p_m1"), mk("p_bare"));
-    let p = CreateParams { name: "p_r".into(), members: vec!["p_m0".into(), "p_m1".into()], ..Default::default() };
+    let p = CreateParams {
+        name: "p_r".into(),
+        members: vec!["p_m0".into(), "p_m1".into()],
+        ..Default::default()
+    };
     let r = raid1::create(&p, vec![m0.clone(), m1]).unwrap();
     let mut task = r.rebuild_task();
     let r: Arc<dyn Bdev> = r;
-    let ios = std::env::var("RAID1_PERF_IOS").ok().and_then(|s| s.parse().ok()).unwrap_or(2_000_000u64);
+    let ios = std::env::var("RAID1_PERF_IOS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2_000_000u64);
     let only = std::env::var("RAID1_PERF_ONLY").unwrap_or_default();
     for qd in [1usize, 32] {
         for write in [false, true] {
@@ -95,8 +121,16 @@ fn raid1_perf_vs_malloc() {
             let mut b = Vec::new();
             let mut x = Vec::new();
             for _ in 0..3 {
-                b.push(if side == "raid1" { 1.0 } else { run(&bare, &mut || task.poll(), write, qd, ios) });
-                x.push(if side == "bare" { 1.0 } else { run(&r, &mut || task.poll(), write, qd, ios) });
+                b.push(if side == "raid1" {
+                    1.0
+                } else {
+                    run(&bare, &mut || task.poll(), write, qd, ios)
+                });
+                x.push(if side == "bare" {
+                    1.0
+                } else {
+                    run(&r, &mut || task.poll(), write, qd, ios)
+                });
             }
             if side == "m0" {
                 let d = run(&m0, &mut || task.poll(), write, qd, ios);

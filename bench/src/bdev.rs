@@ -40,14 +40,21 @@ impl std::str::FromStr for Pattern {
             "randwrite" => Pattern::RandWrite,
             "randrw" => Pattern::RandRw,
             "rw" | "readwrite" => Pattern::Rw,
-            _ => return Err(format!("unknown pattern `{s}` (read, write, randread, randwrite, randrw, rw)")),
+            _ => {
+                return Err(format!(
+                    "unknown pattern `{s}` (read, write, randread, randwrite, randrw, rw)"
+                ))
+            }
         })
     }
 }
 
 impl Pattern {
     fn random(self) -> bool {
-        matches!(self, Pattern::RandRead | Pattern::RandWrite | Pattern::RandRw)
+        matches!(
+            self,
+            Pattern::RandRead | Pattern::RandWrite | Pattern::RandRw
+        )
     }
     fn read_pct(self, mix: u8) -> u8 {
         match self {
@@ -152,7 +159,10 @@ pub fn run(reactors: &ReactorHandle, bdev: Arc<dyn Bdev>, p: Params) -> Result<R
     let info = bdev.info().clone();
     let bs = info.block_size as usize;
     if p.io_size == 0 || !p.io_size.is_multiple_of(bs) {
-        return Err(BenchError::Param("io_size", format!("{} is not a multiple of the block size {bs}", p.io_size)));
+        return Err(BenchError::Param(
+            "io_size",
+            format!("{} is not a multiple of the block size {bs}", p.io_size),
+        ));
     }
     let blocks_per_io = (p.io_size / bs) as u64;
     if blocks_per_io > info.num_blocks {
@@ -161,16 +171,26 @@ pub fn run(reactors: &ReactorHandle, bdev: Arc<dyn Bdev>, p: Params) -> Result<R
     if p.queue_depth == 0 || p.queue_depth > info.queue_depth {
         return Err(BenchError::Param(
             "queue_depth",
-            format!("{} must be between 1 and the bdev's {}", p.queue_depth, info.queue_depth),
+            format!(
+                "{} must be between 1 and the bdev's {}",
+                p.queue_depth, info.queue_depth
+            ),
         ));
     }
     if p.read_pct > 100 {
         return Err(BenchError::Param("read_pct", "must be 0..=100".into()));
     }
     if p.reactors.is_empty() || p.reactors.iter().any(|&r| r >= reactors.len()) {
-        return Err(BenchError::Param("reactors", format!("must be indices below {}", reactors.len())));
+        return Err(BenchError::Param(
+            "reactors",
+            format!("must be indices below {}", reactors.len()),
+        ));
     }
-    let slots: Vec<ResultSlot> = p.reactors.iter().map(|_| Arc::new(Mutex::new(None))).collect();
+    let slots: Vec<ResultSlot> = p
+        .reactors
+        .iter()
+        .map(|_| Arc::new(Mutex::new(None)))
+        .collect();
     for (job, &r) in p.reactors.iter().enumerate() {
         let slot = Arc::clone(&slots[job]);
         let bdev = Arc::clone(&bdev);
@@ -215,13 +235,7 @@ struct Slot {
     started: Instant,
 }
 
-fn start_job(
-    job: usize,
-    bdev: Arc<dyn Bdev>,
-    p: Params,
-    blocks_per_io: u64,
-    out: ResultSlot,
-) {
+fn start_job(job: usize, bdev: Arc<dyn Bdev>, p: Params, blocks_per_io: u64, out: ResultSlot) {
     let mut ch = match open_channel(&bdev) {
         Ok(c) => c,
         Err(e) => {
@@ -263,7 +277,10 @@ fn start_job(
         let is_read = read_pct == 100 || (read_pct > 0 && rng.below(100) < read_pct);
         let s = &mut slots[i];
         s.started = t;
-        let v = [IoVec { base: s.buf.as_mut_slice().as_mut_ptr(), len: s.buf.len() }];
+        let v = [IoVec {
+            base: s.buf.as_mut_slice().as_mut_ptr(),
+            len: s.buf.len(),
+        }];
         let req = if is_read {
             IoRequest::read(lba, blocks_per_io, &v)
         } else {
@@ -315,10 +332,16 @@ fn start_job(
             reactor::inflight_add(completed.len() as u64);
         }
         if (stopping || reactor::draining()) && outstanding == 0 {
-            let elapsed = t.duration_since(start).min(p.duration.max(Duration::from_nanos(1)));
+            let elapsed = t
+                .duration_since(start)
+                .min(p.duration.max(Duration::from_nanos(1)));
             let hist = std::mem::replace(&mut hist, new_histogram());
-            *out.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(Ok(JobResult { hist, ios, errors, elapsed }));
+            *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(Ok(JobResult {
+                hist,
+                ios,
+                errors,
+                elapsed,
+            }));
             if let Some(id) = id_for_poller.get() {
                 reactor::unregister_poller(id);
             }
@@ -337,8 +360,15 @@ mod tests {
 
     #[test]
     fn runs_on_null_and_malloc_and_rejects_bad_params() {
-        let set = ReactorSet::start(&[0, 1], ReactorOptions { pin: false, idle_sleep_us: 50, ..Default::default() })
-            .unwrap();
+        let set = ReactorSet::start(
+            &[0, 1],
+            ReactorOptions {
+                pin: false,
+                idle_sleep_us: 50,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let h = set.handle();
         let null: Arc<dyn Bdev> = Arc::new(::bdev::null::create("n", 1 << 20, 512).unwrap());
         let p = Params {
@@ -353,13 +383,49 @@ mod tests {
         assert!(r.ios > 0 && r.errors == 0, "{r:?}");
         assert!(r.latency.p50_us <= r.latency.p99_us && r.latency.p99_us <= r.latency.max_us);
         let m: Arc<dyn Bdev> = Arc::new(::bdev::malloc::create("m", 4096, 512).unwrap());
-        let r = run(&h, m, Params { pattern: Pattern::RandRw, read_pct: 70, ..p.clone() }).unwrap();
+        let r = run(
+            &h,
+            m,
+            Params {
+                pattern: Pattern::RandRw,
+                read_pct: 70,
+                ..p.clone()
+            },
+        )
+        .unwrap();
         assert!(r.ios > 0 && r.errors == 0);
-        let e = run(&h, Arc::clone(&null), Params { io_size: 1000, ..p.clone() }).unwrap_err();
-        assert_eq!(e.to_string(), "invalid parameter `io_size`: 1000 is not a multiple of the block size 512");
-        let e = run(&h, Arc::clone(&null), Params { queue_depth: 0, ..p.clone() }).unwrap_err();
+        let e = run(
+            &h,
+            Arc::clone(&null),
+            Params {
+                io_size: 1000,
+                ..p.clone()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid parameter `io_size`: 1000 is not a multiple of the block size 512"
+        );
+        let e = run(
+            &h,
+            Arc::clone(&null),
+            Params {
+                queue_depth: 0,
+                ..p.clone()
+            },
+        )
+        .unwrap_err();
         assert!(e.to_string().starts_with("invalid parameter `queue_depth`"));
-        let e = run(&h, null, Params { reactors: vec![5], ..p }).unwrap_err();
+        let e = run(
+            &h,
+            null,
+            Params {
+                reactors: vec![5],
+                ..p
+            },
+        )
+        .unwrap_err();
         assert!(e.to_string().starts_with("invalid parameter `reactors`"));
         assert!(set.shutdown());
     }

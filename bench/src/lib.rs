@@ -65,7 +65,11 @@ pub struct Rng(u64);
 impl Rng {
     /// Seeds the generator (0 is replaced by a constant).
     pub fn new(seed: u64) -> Rng {
-        Rng(if seed == 0 { 0x9e37_79b9_7f4a_7c15 } else { seed })
+        Rng(if seed == 0 {
+            0x9e37_79b9_7f4a_7c15
+        } else {
+            seed
+        })
     }
 
     /// Next value.

@@ -32,8 +32,8 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use rdma::{
-    AccessFlags, CmChannel, CmEventKind, CmId, Completion, ConnectOptions, Context, Cq, MrBuf, Pd, QpCaps, SendWr, Sge,
-    REJECT_NO_LISTENER,
+    AccessFlags, CmChannel, CmEventKind, CmId, Completion, ConnectOptions, Context, Cq, MrBuf, Pd,
+    QpCaps, SendWr, Sge, REJECT_NO_LISTENER,
 };
 use serde::Serialize;
 
@@ -285,7 +285,10 @@ impl Report {
                 self.seconds
             )
         } else {
-            format!("{head}\n  served one client ({:.3} s connected)", self.seconds)
+            format!(
+                "{head}\n  served one client ({:.3} s connected)",
+                self.seconds
+            )
         }
     }
 }
@@ -381,18 +384,27 @@ fn effective_cq_mod(p: &Params) -> usize {
 
 fn validate(p: &Params) -> Result<()> {
     if p.size == 0 || p.size > MAX_SIZE {
-        return Err(RdmaBenchError::Param("size", format!("must be 1..={MAX_SIZE}")));
+        return Err(RdmaBenchError::Param(
+            "size",
+            format!("must be 1..={MAX_SIZE}"),
+        ));
     }
     if p.iters == 0 {
         return Err(RdmaBenchError::Param("iters", "must be at least 1".into()));
     }
     if p.tx_depth == 0 || p.tx_depth > MAX_TX_DEPTH {
-        return Err(RdmaBenchError::Param("tx_depth", format!("must be 1..={MAX_TX_DEPTH}")));
+        return Err(RdmaBenchError::Param(
+            "tx_depth",
+            format!("must be 1..={MAX_TX_DEPTH}"),
+        ));
     }
     if p.test == Test::SendLat && p.size > MAX_BUFFER_BYTES / RECV_DEPTH {
         return Err(RdmaBenchError::Param(
             "size",
-            format!("send_lat messages must be at most {} bytes", MAX_BUFFER_BYTES / RECV_DEPTH),
+            format!(
+                "send_lat messages must be at most {} bytes",
+                MAX_BUFFER_BYTES / RECV_DEPTH
+            ),
         ));
     }
     if p.timeout.is_zero() {
@@ -413,7 +425,9 @@ pub fn run(p: &Params) -> Result<Report> {
             let server = std::thread::Builder::new()
                 .name("rdma-bench-server".into())
                 .spawn(move || serve(&sp, addr))
-                .map_err(|e| RdmaBenchError::Connect(format!("cannot start the server thread: {e}")))?;
+                .map_err(|e| {
+                    RdmaBenchError::Connect(format!("cannot start the server thread: {e}"))
+                })?;
             let c = client(p, addr);
             let s = server.join().map_err(|_| RdmaBenchError::ServerPanicked)?;
             let c = c?;
@@ -428,7 +442,12 @@ fn cm_pause() {
     std::thread::sleep(Duration::from_micros(200));
 }
 
-fn next_event(chan: &mut CmChannel, deadline: Instant, timeout: Duration, what: &'static str) -> Result<CmEventKind> {
+fn next_event(
+    chan: &mut CmChannel,
+    deadline: Instant,
+    timeout: Duration,
+    what: &'static str,
+) -> Result<CmEventKind> {
     loop {
         if let Some(ev) = chan.poll_event().ctx("rdma_get_cm_event")? {
             if matches!(ev.kind, CmEventKind::TimewaitExit) {
@@ -453,7 +472,11 @@ fn open_dev(p: &Params, id: &CmId) -> Result<Dev> {
     let name = match (&p.dev, id.device_name()) {
         (Some(d), _) => d.clone(),
         (None, Some(d)) => d,
-        (None, None) => return Err(RdmaBenchError::Connect("rdma_cm bound the id to no device".into())),
+        (None, None) => {
+            return Err(RdmaBenchError::Connect(
+                "rdma_cm bound the id to no device".into(),
+            ))
+        }
     };
     let ctx = Context::open(p.provider, &name).ctx("open device")?;
     let pd = Pd::new(&ctx).ctx("alloc PD")?;
@@ -487,7 +510,12 @@ struct Poller {
 
 impl Poller {
     fn new(timeout: Duration) -> Poller {
-        Poller { wc: [Completion::EMPTY; 32], empty: 0, idle_since: None, timeout }
+        Poller {
+            wc: [Completion::EMPTY; 32],
+            empty: 0,
+            idle_since: None,
+            timeout,
+        }
     }
     /// Polls once; returns the completions (all successful).
     #[inline]
@@ -498,7 +526,9 @@ impl Poller {
             if self.empty.is_multiple_of(4096) {
                 match self.idle_since {
                     None => self.idle_since = Some(Instant::now()),
-                    Some(t) if t.elapsed() > self.timeout => return Err(RdmaBenchError::Timeout(self.timeout, what)),
+                    Some(t) if t.elapsed() > self.timeout => {
+                        return Err(RdmaBenchError::Timeout(self.timeout, what))
+                    }
                     Some(_) => {}
                 }
             }
@@ -548,10 +578,16 @@ fn serve(p: &Params, addr: SocketAddr) -> Result<Report> {
     };
     let Some(req) = Request::decode(pdata.as_bytes()) else {
         let _ = id.reject(b"strata bench rdma: not a bench client");
-        return Err(RdmaBenchError::Connect("a client sent unknown connect private data".into()));
+        return Err(RdmaBenchError::Connect(
+            "a client sent unknown connect private data".into(),
+        ));
     };
     if req.test != p.test {
-        let msg = format!("strata bench rdma: server runs {}, client asked for {}", p.test.name(), req.test.name());
+        let msg = format!(
+            "strata bench rdma: server runs {}, client asked for {}",
+            p.test.name(),
+            req.test.name()
+        );
         let _ = id.reject(&msg.as_bytes()[..msg.len().min(rdma::MAX_REJECT_PRIVATE_DATA)]);
         return Err(RdmaBenchError::Connect(msg));
     }
@@ -567,7 +603,8 @@ fn serve(p: &Params, addr: SocketAddr) -> Result<Report> {
         return Err(e);
     }
     let mut dev = open_dev(&sp, &id)?;
-    id.create_qp(&dev.pd, &dev.cq, &dev.cq, caps(tx_depth)).ctx("create QP")?;
+    id.create_qp(&dev.pd, &dev.cq, &dev.cq, caps(tx_depth))
+        .ctx("create QP")?;
     let dev_name = dev.ctx.name().to_string();
     let report = |seconds: f64| Report {
         test: p.test,
@@ -588,8 +625,10 @@ fn serve(p: &Params, addr: SocketAddr) -> Result<Report> {
         Test::SendLat => {
             let rbuf = MrBuf::new(&dev.pd, size * RECV_DEPTH).ctx("register RECV buffers")?;
             let sbuf = MrBuf::new(&dev.pd, size).ctx("register SEND buffer")?;
-            let rsges: Vec<Sge> =
-                (0..RECV_DEPTH).map(|i| rbuf.sge(i * size, size as u32)).collect::<rdma::Result<_>>().ctx("SGE")?;
+            let rsges: Vec<Sge> = (0..RECV_DEPTH)
+                .map(|i| rbuf.sge(i * size, size as u32))
+                .collect::<rdma::Result<_>>()
+                .ctx("SGE")?;
             for (i, s) in rsges.iter().enumerate() {
                 // SAFETY: `rbuf` outlives the QP (`id` is dropped first, below)
                 // and is never read while RECVs are outstanding.
@@ -598,7 +637,15 @@ fn serve(p: &Params, addr: SocketAddr) -> Result<Report> {
             id.accept(&[]).ctx("accept")?;
             wait_established(&mut chan, p.timeout)?;
             let t0 = Instant::now();
-            let r = serve_pingpong(&mut id, &mut dev.cq, &rsges, &sbuf, size, req.iters, p.timeout);
+            let r = serve_pingpong(
+                &mut id,
+                &mut dev.cq,
+                &rsges,
+                &sbuf,
+                size,
+                req.iters,
+                p.timeout,
+            );
             let secs = t0.elapsed().as_secs_f64();
             if r.is_ok() {
                 wait_disconnect(&mut chan, p.timeout);
@@ -611,11 +658,18 @@ fn serve(p: &Params, addr: SocketAddr) -> Result<Report> {
         }
         Test::WriteBw | Test::ReadBw => {
             let slots = slots_for(size, tx_depth);
-            let access = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE | AccessFlags::REMOTE_READ;
+            let access =
+                AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE | AccessFlags::REMOTE_READ;
             // SAFETY: this process never looks at the buffer: the peer may
             // write and read it at will.
-            let buf = unsafe { MrBuf::with_access(&dev.pd, size * slots, access) }.ctx("register the target buffer")?;
-            let rep = Reply { rkey: buf.rkey(), addr: buf.addr(), len: buf.len() as u64, slots: slots as u32 };
+            let buf = unsafe { MrBuf::with_access(&dev.pd, size * slots, access) }
+                .ctx("register the target buffer")?;
+            let rep = Reply {
+                rkey: buf.rkey(),
+                addr: buf.addr(),
+                len: buf.len() as u64,
+                slots: slots as u32,
+            };
             id.accept(&rep.encode()).ctx("accept")?;
             wait_established(&mut chan, p.timeout)?;
             let t0 = Instant::now();
@@ -624,7 +678,9 @@ fn serve(p: &Params, addr: SocketAddr) -> Result<Report> {
             loop {
                 match next_event(&mut chan, deadline, p.timeout, "the client to finish")? {
                     CmEventKind::Disconnected => break,
-                    CmEventKind::DeviceRemoval => return Err(RdmaBenchError::PeerGone("(device removed)")),
+                    CmEventKind::DeviceRemoval => {
+                        return Err(RdmaBenchError::PeerGone("(device removed)"))
+                    }
                     _ => {}
                 }
             }
@@ -642,8 +698,12 @@ fn wait_established(chan: &mut CmChannel, timeout: Duration) -> Result<()> {
     loop {
         match next_event(chan, deadline, timeout, "Established")? {
             CmEventKind::Established { .. } => return Ok(()),
-            CmEventKind::Disconnected => return Err(RdmaBenchError::PeerGone("before the connection was up")),
-            k @ (CmEventKind::ConnectError { .. } | CmEventKind::Unreachable { .. } | CmEventKind::Rejected { .. }) => {
+            CmEventKind::Disconnected => {
+                return Err(RdmaBenchError::PeerGone("before the connection was up"))
+            }
+            k @ (CmEventKind::ConnectError { .. }
+            | CmEventKind::Unreachable { .. }
+            | CmEventKind::Rejected { .. }) => {
                 return Err(RdmaBenchError::Connect(format!("{k:?}")))
             }
             _ => {}
@@ -694,7 +754,8 @@ fn serve_pingpong(
             if i + (RECV_DEPTH as u64) < iters {
                 // SAFETY: the slot's buffer is registered, outlives the QP
                 // (the caller drops the id first) and is never read here.
-                unsafe { id.post_recv(slot, std::slice::from_ref(&rsges[slot as usize])) }.ctx("post RECV")?;
+                unsafe { id.post_recv(slot, std::slice::from_ref(&rsges[slot as usize])) }
+                    .ctx("post RECV")?;
             }
             // Every SEND signaled, as ib_send_lat (TX depth 1) does.
             let wr = SendWr::send(i, std::slice::from_ref(&ssge));
@@ -712,7 +773,12 @@ fn serve_pingpong(
 fn client(p: &Params, addr: SocketAddr) -> Result<Report> {
     let mut chan = CmChannel::new(p.provider).ctx("create CM channel")?;
     let deadline = Instant::now() + p.timeout;
-    let req = Request { test: p.test, size: p.size as u64, iters: p.iters, tx_depth: p.tx_depth as u32 };
+    let req = Request {
+        test: p.test,
+        size: p.size as u64,
+        iters: p.iters,
+        tx_depth: p.tx_depth as u32,
+    };
     let mut dev: Option<Dev> = None;
     // Connect, retrying while nobody listens yet (the server may still be starting).
     let (mut id, reply) = loop {
@@ -731,11 +797,17 @@ fn client(p: &Params, addr: SocketAddr) -> Result<Report> {
             dev = Some(open_dev(p, &id)?);
         }
         let d = dev.as_ref().expect("opened above");
-        id.create_qp(&d.pd, &d.cq, &d.cq, caps(p.tx_depth)).ctx("create QP")?;
-        let opts = ConnectOptions { initiator_depth: p.tx_depth.min(255) as u8, ..ConnectOptions::default() };
+        id.create_qp(&d.pd, &d.cq, &d.cq, caps(p.tx_depth))
+            .ctx("create QP")?;
+        let opts = ConnectOptions {
+            initiator_depth: p.tx_depth.min(255) as u8,
+            ..ConnectOptions::default()
+        };
         id.connect_with(&req.encode(), &opts).ctx("connect")?;
         match next_event(&mut chan, deadline, p.timeout, "the server to accept")? {
-            CmEventKind::Established { private_data } => break (id, Reply::decode(private_data.as_bytes())),
+            CmEventKind::Established { private_data } => {
+                break (id, Reply::decode(private_data.as_bytes()))
+            }
             CmEventKind::Rejected { reason, .. } if reason == REJECT_NO_LISTENER => {
                 drop(id);
                 if Instant::now() > deadline {
@@ -743,14 +815,21 @@ fn client(p: &Params, addr: SocketAddr) -> Result<Report> {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            CmEventKind::Rejected { reason, private_data } => {
+            CmEventKind::Rejected {
+                reason,
+                private_data,
+            } => {
                 let text = String::from_utf8_lossy(private_data.as_bytes());
                 return Err(RdmaBenchError::Connect(format!(
                     "rejected (reason {reason}): {}",
                     text.trim_end_matches('\0')
                 )));
             }
-            k => return Err(RdmaBenchError::Connect(format!("connecting to {addr}: {k:?}"))),
+            k => {
+                return Err(RdmaBenchError::Connect(format!(
+                    "connecting to {addr}: {k:?}"
+                )))
+            }
         }
     };
     let mut dev = dev.expect("opened before connecting");
@@ -782,7 +861,9 @@ fn client(p: &Params, addr: SocketAddr) -> Result<Report> {
             r
         }
         Test::WriteBw | Test::ReadBw => {
-            let reply = reply.ok_or_else(|| RdmaBenchError::Connect("the server's accept carried no buffer".into()))?;
+            let reply = reply.ok_or_else(|| {
+                RdmaBenchError::Connect("the server's accept carried no buffer".into())
+            })?;
             let slots = slots_for(p.size, p.tx_depth);
             let rslots = reply.slots.max(1) as usize;
             if (rslots as u64) * (p.size as u64) > reply.len {
@@ -792,7 +873,17 @@ fn client(p: &Params, addr: SocketAddr) -> Result<Report> {
                 )));
             }
             let buf = MrBuf::new(&dev.pd, p.size * slots).ctx("register the local buffer")?;
-            let r = bandwidth(&mut id, &mut dev.cq, &buf, slots, &reply, rslots, p, cq_mod, &mut report);
+            let r = bandwidth(
+                &mut id,
+                &mut dev.cq,
+                &buf,
+                slots,
+                &reply,
+                rslots,
+                p,
+                cq_mod,
+                &mut report,
+            );
             let _ = id.disconnect();
             drop(id);
             drop(buf);
@@ -802,10 +893,19 @@ fn client(p: &Params, addr: SocketAddr) -> Result<Report> {
     r.map(|()| report)
 }
 
-fn pingpong(id: &mut CmId, cq: &mut Cq, rbuf: &MrBuf, sbuf: &MrBuf, p: &Params, report: &mut Report) -> Result<()> {
+fn pingpong(
+    id: &mut CmId,
+    cq: &mut Cq,
+    rbuf: &MrBuf,
+    sbuf: &MrBuf,
+    p: &Params,
+    report: &mut Report,
+) -> Result<()> {
     let size = p.size;
-    let rsges: Vec<Sge> =
-        (0..RECV_DEPTH).map(|i| rbuf.sge(i * size, size as u32)).collect::<rdma::Result<_>>().ctx("SGE")?;
+    let rsges: Vec<Sge> = (0..RECV_DEPTH)
+        .map(|i| rbuf.sge(i * size, size as u32))
+        .collect::<rdma::Result<_>>()
+        .ctx("SGE")?;
     // The server answers only after our first SEND, so RECVs posted now are in time.
     for (i, s) in rsges.iter().enumerate() {
         // SAFETY: `rbuf` outlives the QP (the caller drops the id first) and
@@ -845,7 +945,8 @@ fn pingpong(id: &mut CmId, cq: &mut Cq, rbuf: &MrBuf, sbuf: &MrBuf, p: &Params, 
         min_ticks = min_ticks.min(one_way);
         if i + (RECV_DEPTH as u64) < p.iters {
             // SAFETY: as above; the slot's previous RECV has completed.
-            unsafe { id.post_recv(slot, std::slice::from_ref(&rsges[slot as usize])) }.ctx("post RECV")?;
+            unsafe { id.post_recv(slot, std::slice::from_ref(&rsges[slot as usize])) }
+                .ctx("post RECV")?;
         }
     }
     let (secs, c_end) = (t_start.elapsed().as_secs_f64(), ticks());
@@ -884,7 +985,10 @@ fn bandwidth(
     report: &mut Report,
 ) -> Result<()> {
     let size = p.size;
-    let sges: Vec<Sge> = (0..slots).map(|i| buf.sge(i * size, size as u32)).collect::<rdma::Result<_>>().ctx("SGE")?;
+    let sges: Vec<Sge> = (0..slots)
+        .map(|i| buf.sge(i * size, size as u32))
+        .collect::<rdma::Result<_>>()
+        .ctx("SGE")?;
     let (what, read) = match p.test {
         Test::ReadBw => ("RDMA READ", true),
         _ => ("RDMA WRITE", false),
@@ -908,7 +1012,11 @@ fn bandwidth(
             // SAFETY: `buf` outlives the QP (the caller drops the id first);
             // it is never touched by this process, and each in-flight work
             // request of a slot is executed in order by the QP.
-            unsafe { id.post_send(&wr) }.ctx(if read { "post RDMA READ" } else { "post RDMA WRITE" })?;
+            unsafe { id.post_send(&wr) }.ctx(if read {
+                "post RDMA READ"
+            } else {
+                "post RDMA WRITE"
+            })?;
             posted += 1;
         }
         let wcs = poller.poll(cq, what)?;
@@ -934,20 +1042,34 @@ mod tests {
     use super::*;
 
     fn loopback(test: Test, port: u16) -> Params {
-        let mut p = Params::new(test, Provider::Loopback, Role::Both(SocketAddr::from(([127, 0, 0, 1], port))));
+        let mut p = Params::new(
+            test,
+            Provider::Loopback,
+            Role::Both(SocketAddr::from(([127, 0, 0, 1], port))),
+        );
         p.timeout = Duration::from_secs(20);
         p
     }
 
     #[test]
     fn private_data_round_trips() {
-        let r = Request { test: Test::ReadBw, size: 65536, iters: 7, tx_depth: 9 };
+        let r = Request {
+            test: Test::ReadBw,
+            size: 65536,
+            iters: 7,
+            tx_depth: 9,
+        };
         assert_eq!(Request::decode(&r.encode()), Some(r));
         let mut padded = r.encode().to_vec();
         padded.resize(56, 0);
         assert_eq!(Request::decode(&padded), Some(r));
         assert_eq!(Request::decode(b"nonsense"), None);
-        let a = Reply { rkey: 5, addr: 0x1000, len: 8192, slots: 2 };
+        let a = Reply {
+            rkey: 5,
+            addr: 0x1000,
+            len: 8192,
+            slots: 2,
+        };
         assert_eq!(Reply::decode(&a.encode()), Some(a));
     }
 

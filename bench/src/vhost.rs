@@ -88,22 +88,38 @@ impl Report {
 /// Connects, runs the workload, disconnects.
 pub fn run(p: Params) -> Result<Report, VhostBenchError> {
     if p.queue_depth == 0 || p.queue_depth > 1024 {
-        return Err(VhostBenchError::Param("queue_depth", "must be 1..=1024".into()));
+        return Err(VhostBenchError::Param(
+            "queue_depth",
+            "must be 1..=1024".into(),
+        ));
     }
     if p.io_size == 0 || !p.io_size.is_multiple_of(512) {
-        return Err(VhostBenchError::Param("io_size", "must be a positive multiple of 512".into()));
+        return Err(VhostBenchError::Param(
+            "io_size",
+            "must be a positive multiple of 512".into(),
+        ));
     }
     let mut b = Blkio::new("virtio-blk-vhost-user").map_err(be)?;
     b.set_str("path", &p.socket).map_err(be)?;
     b.connect().map_err(be)?;
-    b.set_i32("num-queues", if p.poll { 0 } else { 1 }).map_err(be)?;
-    b.set_i32("num-poll-queues", if p.poll { 1 } else { 0 }).map_err(be)?;
+    b.set_i32("num-queues", if p.poll { 0 } else { 1 })
+        .map_err(be)?;
+    b.set_i32("num-poll-queues", if p.poll { 1 } else { 0 })
+        .map_err(be)?;
     let out = b.start().map_err(be)?;
-    let mut q = out.queues.into_iter().chain(out.poll_queues).next().ok_or_else(|| VhostBenchError::Blkio("no queue".into()))?;
+    let mut q = out
+        .queues
+        .into_iter()
+        .chain(out.poll_queues)
+        .next()
+        .ok_or_else(|| VhostBenchError::Blkio("no queue".into()))?;
     let capacity = b.get_u64("capacity").map_err(be)?;
     let span = capacity / p.io_size as u64;
     if span == 0 {
-        return Err(VhostBenchError::Param("io_size", "larger than the device".into()));
+        return Err(VhostBenchError::Param(
+            "io_size",
+            "larger than the device".into(),
+        ));
     }
     let region_len = (p.io_size * p.queue_depth).next_multiple_of(2 << 20);
     let mem = b.alloc_mem_region(region_len).map_err(be)?;
@@ -111,7 +127,8 @@ pub fn run(p: Params) -> Result<Report, VhostBenchError> {
     let base = mem.addr as *mut u8;
     let mut rng = Rng::new(0x7e57);
     let mut started = vec![Instant::now(); p.queue_depth];
-    let mut comps: Vec<MaybeUninit<Completion>> = (0..p.queue_depth).map(|_| MaybeUninit::uninit()).collect();
+    let mut comps: Vec<MaybeUninit<Completion>> =
+        (0..p.queue_depth).map(|_| MaybeUninit::uninit()).collect();
     let submit = |q: &mut blkio::Blkioq, slot: usize, rng: &mut Rng| {
         let off = rng.below(span) * p.io_size as u64;
         let buf = base.wrapping_add(slot * p.io_size);
@@ -136,7 +153,9 @@ pub fn run(p: Params) -> Result<Report, VhostBenchError> {
     let min = if p.poll { 0 } else { 1 };
     loop {
         let mut timeout = Duration::from_secs(20);
-        let n = q.do_io(&mut comps, min, Some(&mut timeout), None).map_err(be)?;
+        let n = q
+            .do_io(&mut comps, min, Some(&mut timeout), None)
+            .map_err(be)?;
         if n == 0 {
             if !p.poll {
                 return Err(VhostBenchError::Blkio("no completion within 20 s".into()));

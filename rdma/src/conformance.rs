@@ -70,7 +70,10 @@ pub const CASES: &[Case] = &[
     ("send_with_imm", send_with_imm),
     ("send_waits_for_recv", send_waits_for_recv),
     ("rdma_write_read_3sge", rdma_write_read_3sge),
-    ("acceptor_reads_with_asymmetric_depths", acceptor_reads_with_asymmetric_depths),
+    (
+        "acceptor_reads_with_asymmetric_depths",
+        acceptor_reads_with_asymmetric_depths,
+    ),
     ("write_beyond_region", write_beyond_region),
     ("wrong_rkey", wrong_rkey),
     ("after_dereg", after_dereg),
@@ -781,7 +784,11 @@ pub fn rdma_write_read_3sge(env: &Env) -> CaseResult {
 /// request's parameters arrive already seen from the acceptor's side, and
 /// swapping them leaves the acceptor's QP with no RDMA READ credit.
 pub fn acceptor_reads_with_asymmetric_depths(env: &Env) -> CaseResult {
-    let o = ConnectOptions { responder_resources: 4, initiator_depth: 0, ..opts(env) };
+    let o = ConnectOptions {
+        responder_resources: 4,
+        initiator_depth: 0,
+        ..opts(env)
+    };
     let p = start_with(env, 0, b"srp", &o)?;
     let (mut pair, _, _) = accept_pending(env, p, b"ok")?;
     rw_one_way(env, &mut pair, false)

@@ -182,7 +182,9 @@ impl Shared {
         }
         let n = self.cores.len();
         let ring = self.rings.get(to).ok_or(ReactorError::NoSuchReactor(to))?;
-        let _guard = self.control_lock[to].lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.control_lock[to]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let mut msg = msg;
         loop {
             match ring[n].push(msg) {
@@ -229,7 +231,11 @@ impl ReactorHandle {
     }
 
     /// Runs `f` on reactor `index` (fire and forget).
-    pub fn send(&self, index: usize, f: impl FnOnce() + Send + 'static) -> Result<(), ReactorError> {
+    pub fn send(
+        &self,
+        index: usize,
+        f: impl FnOnce() + Send + 'static,
+    ) -> Result<(), ReactorError> {
         self.shared.control_push(index, Box::new(f))
     }
 
@@ -312,7 +318,9 @@ pub fn allowed_cpus() -> Vec<usize> {
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
             return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
         }
-        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
     }
 }
 
@@ -325,7 +333,10 @@ fn pin_current_thread(core: usize) -> Result<(), ReactorError> {
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
     };
     if rc != 0 {
-        return Err(ReactorError::Pin { core, source: std::io::Error::last_os_error() });
+        return Err(ReactorError::Pin {
+            core,
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(())
 }
@@ -344,7 +355,11 @@ impl ReactorSet {
         if opts.pin {
             let allowed = allowed_cpus();
             if let Some(&core) = cores.iter().find(|c| !allowed.contains(c)) {
-                let allowed = allowed.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
+                let allowed = allowed
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
                 return Err(ReactorError::CoreUnavailable { core, allowed });
             }
         }
@@ -382,7 +397,11 @@ impl ReactorSet {
             threads.push(t);
         }
         drop(ready_tx);
-        let mut set = ReactorSet { shared, threads, drain_timeout: opts.drain_timeout };
+        let mut set = ReactorSet {
+            shared,
+            threads,
+            drain_timeout: opts.drain_timeout,
+        };
         for _ in 0..n {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
@@ -402,7 +421,9 @@ impl ReactorSet {
 
     /// A handle for sending messages from other threads.
     pub fn handle(&self) -> ReactorHandle {
-        ReactorHandle { shared: Arc::clone(&self.shared) }
+        ReactorHandle {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Orderly shutdown: stop accepting new I/O, drain what is in flight
@@ -423,7 +444,12 @@ impl ReactorSet {
         // so that a message in flight between two of them is not missed.
         let mut consecutive = 0;
         while Instant::now() < deadline {
-            if self.shared.stats.iter().all(|s| s.quiescent.load(Ordering::Acquire)) {
+            if self
+                .shared
+                .stats
+                .iter()
+                .all(|s| s.quiescent.load(Ordering::Acquire))
+            {
                 consecutive += 1;
                 if consecutive >= 3 {
                     drained = true;
@@ -435,7 +461,12 @@ impl ReactorSet {
             std::thread::sleep(Duration::from_millis(2));
         }
         if !drained {
-            let left: u64 = self.shared.stats.iter().map(|s| s.inflight.load(Ordering::Relaxed)).sum();
+            let left: u64 = self
+                .shared
+                .stats
+                .iter()
+                .map(|s| s.inflight.load(Ordering::Relaxed))
+                .sum();
             tracing::warn!(inflight = left, "drain timed out; stopping reactors anyway");
         }
         self.stop_now();
@@ -541,7 +572,9 @@ pub fn core() -> usize {
 
 /// A handle to the reactor set the calling reactor belongs to.
 pub fn handle() -> ReactorHandle {
-    with_local(|l| ReactorHandle { shared: Arc::clone(&l.shared) })
+    with_local(|l| ReactorHandle {
+        shared: Arc::clone(&l.shared),
+    })
 }
 
 /// Whether shutdown has begun: front ends must stop taking new I/O and only
@@ -569,7 +602,11 @@ pub fn register_poller(name: &'static str, f: impl FnMut() -> Poll + 'static) ->
     with_local(|l| {
         let id = l.next_id.get();
         l.next_id.set(id + 1);
-        l.new_pollers.borrow_mut().push(PollerEntry { id, name, f: Box::new(f) });
+        l.new_pollers.borrow_mut().push(PollerEntry {
+            id,
+            name,
+            f: Box::new(f),
+        });
         PollerId(id)
     })
 }
@@ -584,7 +621,9 @@ pub fn unregister_poller(id: PollerId) {
 pub fn send(to: usize, f: impl FnOnce() + Send + 'static) {
     with_local(|l| {
         let msg: Message = Box::new(f);
-        l.shared.stats[l.index].msgs_sent.fetch_add(1, Ordering::Relaxed);
+        l.shared.stats[l.index]
+            .msgs_sent
+            .fetch_add(1, Ordering::Relaxed);
         let mut overflow = l.overflow.borrow_mut();
         if !overflow.is_empty() {
             overflow.push_back((to, msg));
@@ -742,8 +781,12 @@ fn run_reactor(index: usize, shared: Arc<Shared>) {
             stats.idle_polls.store(idle_polls, Ordering::Relaxed);
             stats.msgs_received.store(received, Ordering::Relaxed);
             stats.pollers.store(pollers.len() as u64, Ordering::Relaxed);
-            stats.timers.store(local.timers.borrow().len() as u64, Ordering::Relaxed);
-            stats.inflight.store(local.inflight.get(), Ordering::Relaxed);
+            stats
+                .timers
+                .store(local.timers.borrow().len() as u64, Ordering::Relaxed);
+            stats
+                .inflight
+                .store(local.inflight.get(), Ordering::Relaxed);
         }
         if state == DRAINING {
             let quiet = !busy
@@ -778,14 +821,27 @@ mod tests {
     use std::sync::atomic::AtomicU32;
 
     fn opts() -> ReactorOptions {
-        ReactorOptions { pin: false, idle_sleep_us: 100, ..Default::default() }
+        ReactorOptions {
+            pin: false,
+            idle_sleep_us: 100,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn rejects_bad_core_lists() {
-        assert!(matches!(ReactorSet::start(&[], opts()), Err(ReactorError::NoCores)));
-        assert!(matches!(ReactorSet::start(&[0, 0], opts()), Err(ReactorError::DuplicateCore(0))));
-        let o = ReactorOptions { pin: true, ..opts() };
+        assert!(matches!(
+            ReactorSet::start(&[], opts()),
+            Err(ReactorError::NoCores)
+        ));
+        assert!(matches!(
+            ReactorSet::start(&[0, 0], opts()),
+            Err(ReactorError::DuplicateCore(0))
+        ));
+        let o = ReactorOptions {
+            pin: true,
+            ..opts()
+        };
         match ReactorSet::start(&[100_000], o) {
             Err(ReactorError::CoreUnavailable { core, .. }) => assert_eq!(core, 100_000),
             other => panic!("expected CoreUnavailable, got {:?}", other.err()),
@@ -795,8 +851,18 @@ mod tests {
     #[test]
     fn pins_to_the_requested_core() {
         let cpu0 = allowed_cpus()[0];
-        let set = ReactorSet::start(&[cpu0], ReactorOptions { pin: true, ..opts() }).unwrap();
-        let (cur, on) = set.handle().call(0, || (allowed_cpus(), on_reactor())).unwrap();
+        let set = ReactorSet::start(
+            &[cpu0],
+            ReactorOptions {
+                pin: true,
+                ..opts()
+            },
+        )
+        .unwrap();
+        let (cur, on) = set
+            .handle()
+            .call(0, || (allowed_cpus(), on_reactor()))
+            .unwrap();
         assert_eq!(cur, vec![cpu0]);
         assert!(on);
         assert!(set.shutdown());
@@ -863,9 +929,17 @@ mod tests {
         assert_eq!(hits.load(Ordering::Relaxed), 1000);
         assert_eq!(n.load(Ordering::Relaxed), 10);
         let order = order.lock().unwrap().clone();
-        assert_eq!(order.iter().filter(|&&x| x == 0).count(), 3, "periodic timer ran 3 times");
+        assert_eq!(
+            order.iter().filter(|&&x| x == 0).count(),
+            3,
+            "periodic timer ran 3 times"
+        );
         let one_shots: Vec<_> = order.iter().filter(|&&x| x != 0).collect();
-        assert_eq!(one_shots, vec![&1, &2], "one-shot timers fire in deadline order");
+        assert_eq!(
+            one_shots,
+            vec![&1, &2],
+            "one-shot timers fire in deadline order"
+        );
         let stats = h.stats();
         assert_eq!(stats.len(), 2);
         assert!(stats[0].msgs_sent >= 1000 && stats[1].msgs_received >= 1000);
@@ -899,7 +973,10 @@ mod tests {
     fn drain_time_out_is_bounded() {
         let set = ReactorSet::start(
             &[0],
-            ReactorOptions { drain_timeout: Duration::from_millis(100), ..opts() },
+            ReactorOptions {
+                drain_timeout: Duration::from_millis(100),
+                ..opts()
+            },
         )
         .unwrap();
         set.handle().call(0, || inflight_add(1)).unwrap();

@@ -41,7 +41,9 @@ The RPC socket defaults to $STRATA_RPC_SOCKET or /var/tmp/strata.sock.
 ";
 
 fn default_socket() -> PathBuf {
-    std::env::var_os("STRATA_RPC_SOCKET").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_RPC_SOCKET))
+    std::env::var_os("STRATA_RPC_SOCKET")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RPC_SOCKET))
 }
 
 fn init_logging(level: Option<&str>) {
@@ -121,7 +123,8 @@ impl From<lexopt::Error> for CliError {
 fn num<T: std::str::FromStr>(p: &mut lexopt::Parser, name: &str) -> Result<T, CliError> {
     let v = p.value()?;
     let s = v.to_string_lossy();
-    s.parse().map_err(|_| CliError::Usage(format!("--{name}: `{s}` is not a valid number")))
+    s.parse()
+        .map_err(|_| CliError::Usage(format!("--{name}: `{s}` is not a valid number")))
 }
 
 fn string(p: &mut lexopt::Parser) -> Result<String, CliError> {
@@ -139,25 +142,42 @@ fn serve(mut p: lexopt::Parser) -> Result<i32, CliError> {
             Long("config") | Short('c') => config_path = Some(string(&mut p)?),
             Long("rpc-socket") | Short('r') => socket = Some(PathBuf::from(string(&mut p)?)),
             Long("cores") | Short('m') => {
-                cores = Some(parse_cores(&string(&mut p)?).map_err(|e| CliError::Usage(format!("--cores: {e}")))?)
+                cores = Some(
+                    parse_cores(&string(&mut p)?)
+                        .map_err(|e| CliError::Usage(format!("--cores: {e}")))?,
+                )
             }
             Long("idle-sleep-us") => idle = Some(num(&mut p, "idle-sleep-us")?),
             Long("log") => log = Some(string(&mut p)?),
-            other => return Err(CliError::Usage(format!("serve: unexpected {}", describe(&other)))),
+            other => {
+                return Err(CliError::Usage(format!(
+                    "serve: unexpected {}",
+                    describe(&other)
+                )))
+            }
         }
     }
     init_logging(log.as_deref());
     let (file, cfg) = match &config_path {
         Some(path) => (path.clone(), Config::load(path)),
-        None => ("<embedded default>".to_string(), Config::parse("<embedded default>", DEFAULT_CONFIG)),
+        None => (
+            "<embedded default>".to_string(),
+            Config::parse("<embedded default>", DEFAULT_CONFIG),
+        ),
     };
     let cfg = cfg.map_err(|e| CliError::Fail(format!("config error: {e}")))?;
     let cores = cores.or(cfg.cores.clone()).unwrap_or_else(|| vec![0]);
     let idle = idle.or(cfg.idle_sleep_us).unwrap_or(0);
-    let socket = socket.or(cfg.rpc_socket.as_ref().map(PathBuf::from)).unwrap_or_else(default_socket);
+    let socket = socket
+        .or(cfg.rpc_socket.as_ref().map(PathBuf::from))
+        .unwrap_or_else(default_socket);
 
-    let opts = reactor::ReactorOptions { idle_sleep_us: idle, ..Default::default() };
-    let set = reactor::ReactorSet::start(&cores, opts).map_err(|e| CliError::Fail(format!("cannot start reactors: {e}")))?;
+    let opts = reactor::ReactorOptions {
+        idle_sleep_us: idle,
+        ..Default::default()
+    };
+    let set = reactor::ReactorSet::start(&cores, opts)
+        .map_err(|e| CliError::Fail(format!("cannot start reactors: {e}")))?;
     let daemon = Arc::new(Daemon::new(cores.clone(), idle, set.handle()));
     if let Err(e) = cfg.apply(&file, &daemon) {
         daemon.shutdown();
@@ -183,7 +203,9 @@ fn serve(mut p: lexopt::Parser) -> Result<i32, CliError> {
         tracing::info!("stopped cleanly");
         Ok(0)
     } else {
-        Err(CliError::Fail("in-flight I/O did not drain within the time-out".into()))
+        Err(CliError::Fail(
+            "in-flight I/O did not drain within the time-out".into(),
+        ))
     }
 }
 
@@ -196,7 +218,12 @@ fn rpc_cmd(mut p: lexopt::Parser) -> Result<i32, CliError> {
             Long("socket") | Short('s') => socket = PathBuf::from(string(&mut p)?),
             Long("timeout") | Short('t') => timeout = num(&mut p, "timeout")?,
             Value_(v) => positional.push(v.to_string_lossy().into_owned()),
-            other => return Err(CliError::Usage(format!("rpc: unexpected {}", describe(&other)))),
+            other => {
+                return Err(CliError::Usage(format!(
+                    "rpc: unexpected {}",
+                    describe(&other)
+                )))
+            }
         }
     }
     let (method, params) = match positional.as_slice() {
@@ -204,13 +231,14 @@ fn rpc_cmd(mut p: lexopt::Parser) -> Result<i32, CliError> {
         [m, json] => {
             let text = if json == "-" {
                 let mut s = String::new();
-                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| CliError::Fail(e.to_string()))?;
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                    .map_err(|e| CliError::Fail(e.to_string()))?;
                 s
             } else {
                 json.clone()
             };
-            let v: Value =
-                serde_json::from_str(&text).map_err(|e| CliError::Usage(format!("rpc: PARAMS_JSON is not valid JSON: {e}")))?;
+            let v: Value = serde_json::from_str(&text)
+                .map_err(|e| CliError::Usage(format!("rpc: PARAMS_JSON is not valid JSON: {e}")))?;
             (m.clone(), Some(v))
         }
         [] => return Err(CliError::Usage("rpc: METHOD is missing".into())),
@@ -221,14 +249,21 @@ fn rpc_cmd(mut p: lexopt::Parser) -> Result<i32, CliError> {
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             Ok(0)
         }
-        Err(e) => Err(CliError::Fail(format!("rpc {method}: {}", rpc::error_chain(&e)))),
+        Err(e) => Err(CliError::Fail(format!(
+            "rpc {method}: {}",
+            rpc::error_chain(&e)
+        ))),
     }
 }
 
 fn bench_cmd(mut p: lexopt::Parser) -> Result<i32, CliError> {
     let what = match p.next()? {
         Some(Value_(v)) => v.to_string_lossy().into_owned(),
-        _ => return Err(CliError::Usage("bench: expected `bdev`, `vhost` or `rdma`".into())),
+        _ => {
+            return Err(CliError::Usage(
+                "bench: expected `bdev`, `vhost` or `rdma`".into(),
+            ))
+        }
     };
     if what == "vhost" {
         return bench_vhost(p);
@@ -237,7 +272,9 @@ fn bench_cmd(mut p: lexopt::Parser) -> Result<i32, CliError> {
         return Ok(crate::cli_rdma::bench_rdma(p));
     }
     if what != "bdev" {
-        return Err(CliError::Usage(format!("bench: unknown benchmark `{what}` (bdev, vhost, rdma)")));
+        return Err(CliError::Usage(format!(
+            "bench: unknown benchmark `{what}` (bdev, vhost, rdma)"
+        )));
     }
     let mut config_path: Option<String> = None;
     let mut bdev_name: Option<String> = None;
@@ -262,18 +299,32 @@ fn bench_cmd(mut p: lexopt::Parser) -> Result<i32, CliError> {
             Long("file") => kind = Some(("file".into(), Some(string(&mut p)?))),
             Long("block-size") => block_size = num(&mut p, "block-size")?,
             Long("size-mb") => size_mb = num(&mut p, "size-mb")?,
-            Long("cores") => cores = parse_cores(&string(&mut p)?).map_err(|e| CliError::Usage(format!("--cores: {e}")))?,
+            Long("cores") => {
+                cores = parse_cores(&string(&mut p)?)
+                    .map_err(|e| CliError::Usage(format!("--cores: {e}")))?
+            }
             Long("bs") => io_size = num(&mut p, "bs")?,
             Long("qd") => qd = num(&mut p, "qd")?,
-            Long("rw") => pattern = string(&mut p)?.parse().map_err(|e: String| CliError::Usage(format!("--rw: {e}")))?,
+            Long("rw") => {
+                pattern = string(&mut p)?
+                    .parse()
+                    .map_err(|e: String| CliError::Usage(format!("--rw: {e}")))?
+            }
             Long("rwmixread") => mix = num(&mut p, "rwmixread")?,
             Long("time") => secs = num(&mut p, "time")?,
             Long("json") => json_out = true,
-            other => return Err(CliError::Usage(format!("bench bdev: unexpected {}", describe(&other)))),
+            other => {
+                return Err(CliError::Usage(format!(
+                    "bench bdev: unexpected {}",
+                    describe(&other)
+                )))
+            }
         }
     }
     if !(secs > 0.0 && secs < 86400.0) {
-        return Err(CliError::Usage("--time: must be between 0 and 86400 seconds".into()));
+        return Err(CliError::Usage(
+            "--time: must be between 0 and 86400 seconds".into(),
+        ));
     }
     init_logging(Some("warn"));
     let set = reactor::ReactorSet::start(&cores, reactor::ReactorOptions::default())
@@ -281,9 +332,12 @@ fn bench_cmd(mut p: lexopt::Parser) -> Result<i32, CliError> {
     let daemon = Daemon::new(cores.clone(), 0, set.handle());
     let name = match (&config_path, &kind) {
         (Some(path), None) => {
-            let cfg = Config::load(path).map_err(|e| CliError::Fail(format!("config error: {e}")))?;
-            cfg.apply(path, &daemon).map_err(|e| CliError::Fail(format!("config error: {e}")))?;
-            bdev_name.ok_or_else(|| CliError::Usage("bench bdev: --config needs --bdev NAME".into()))?
+            let cfg =
+                Config::load(path).map_err(|e| CliError::Fail(format!("config error: {e}")))?;
+            cfg.apply(path, &daemon)
+                .map_err(|e| CliError::Fail(format!("config error: {e}")))?;
+            bdev_name
+                .ok_or_else(|| CliError::Usage("bench bdev: --config needs --bdev NAME".into()))?
         }
         (None, Some((k, file))) => {
             let name = bdev_name.unwrap_or_else(|| "bench0".into());
@@ -293,15 +347,31 @@ fn bench_cmd(mut p: lexopt::Parser) -> Result<i32, CliError> {
                     "bdev_null_create",
                     serde_json::json!({"name": name, "num_blocks": num_blocks, "block_size": block_size, "zero_reads": zero_reads}),
                 ),
-                "malloc" => ("bdev_malloc_create", serde_json::json!({"name": name, "num_blocks": num_blocks, "block_size": block_size})),
-                _ => ("bdev_file_create", serde_json::json!({"name": name, "filename": file, "block_size": block_size})),
+                "malloc" => (
+                    "bdev_malloc_create",
+                    serde_json::json!({"name": name, "num_blocks": num_blocks, "block_size": block_size}),
+                ),
+                _ => (
+                    "bdev_file_create",
+                    serde_json::json!({"name": name, "filename": file, "block_size": block_size}),
+                ),
             };
-            daemon.call(method, params).map_err(|e| CliError::Fail(e.message))?;
+            daemon
+                .call(method, params)
+                .map_err(|e| CliError::Fail(e.message))?;
             name
         }
-        _ => return Err(CliError::Usage("bench bdev: give one of --config FILE --bdev NAME, --null, --malloc, --file PATH".into())),
+        _ => {
+            return Err(CliError::Usage(
+                "bench bdev: give one of --config FILE --bdev NAME, --null, --malloc, --file PATH"
+                    .into(),
+            ))
+        }
     };
-    let bdev = daemon.registry.get(&name).map_err(|e| CliError::Fail(e.to_string()))?;
+    let bdev = daemon
+        .registry
+        .get(&name)
+        .map_err(|e| CliError::Fail(e.to_string()))?;
     let params = bench::bdev::Params {
         io_size,
         queue_depth: qd,
@@ -315,7 +385,10 @@ fn bench_cmd(mut p: lexopt::Parser) -> Result<i32, CliError> {
     daemon.shutdown();
     let report = report.map_err(|e| CliError::Fail(e.to_string()))?;
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     } else {
         println!("{}", report.to_text());
     }
@@ -341,16 +414,30 @@ fn bench_vhost(mut p: lexopt::Parser) -> Result<i32, CliError> {
             Long("rw") => match string(&mut p)?.as_str() {
                 "randread" => params.write = false,
                 "randwrite" => params.write = true,
-                other => return Err(CliError::Usage(format!("--rw: `{other}` (randread, randwrite)"))),
+                other => {
+                    return Err(CliError::Usage(format!(
+                        "--rw: `{other}` (randread, randwrite)"
+                    )))
+                }
             },
             Long("poll") => params.poll = true,
-            Long("time") => params.duration = Duration::from_secs_f64(num::<f64>(&mut p, "time")?.clamp(0.01, 86400.0)),
+            Long("time") => {
+                params.duration =
+                    Duration::from_secs_f64(num::<f64>(&mut p, "time")?.clamp(0.01, 86400.0))
+            }
             Long("json") => json_out = true,
-            other => return Err(CliError::Usage(format!("bench vhost: unexpected {}", describe(&other)))),
+            other => {
+                return Err(CliError::Usage(format!(
+                    "bench vhost: unexpected {}",
+                    describe(&other)
+                )))
+            }
         }
     }
     if params.socket.is_empty() {
-        return Err(CliError::Usage("bench vhost: --socket PATH is required".into()));
+        return Err(CliError::Usage(
+            "bench vhost: --socket PATH is required".into(),
+        ));
     }
     let r = bench::vhost::run(params).map_err(|e| CliError::Fail(e.to_string()))?;
     if json_out {

@@ -30,16 +30,21 @@ enum Failure {
 fn num<T: std::str::FromStr>(p: &mut lexopt::Parser, name: &str) -> Result<T, Failure> {
     let v = p.value().map_err(|e| Failure::Usage(e.to_string()))?;
     let s = v.to_string_lossy();
-    s.parse().map_err(|_| Failure::Usage(format!("--{name}: `{s}` is not a valid number")))
+    s.parse()
+        .map_err(|_| Failure::Usage(format!("--{name}: `{s}` is not a valid number")))
 }
 
 fn string(p: &mut lexopt::Parser) -> Result<String, Failure> {
-    Ok(p.value().map_err(|e| Failure::Usage(e.to_string()))?.to_string_lossy().into_owned())
+    Ok(p.value()
+        .map_err(|e| Failure::Usage(e.to_string()))?
+        .to_string_lossy()
+        .into_owned())
 }
 
 fn addr(p: &mut lexopt::Parser, name: &str) -> Result<SocketAddr, Failure> {
     let s = string(p)?;
-    s.parse().map_err(|_| Failure::Usage(format!("--{name}: `{s}` is not IP:PORT")))
+    s.parse()
+        .map_err(|_| Failure::Usage(format!("--{name}: `{s}` is not IP:PORT")))
 }
 
 /// Runs `strata bench rdma ...` (the parser is positioned after `rdma`);
@@ -74,13 +79,19 @@ fn run(mut p: lexopt::Parser) -> Result<i32, Failure> {
     while let Some(arg) = p.next().map_err(|e| Failure::Usage(e.to_string()))? {
         match arg {
             Long("test") | Short('t') => {
-                test = Some(string(&mut p)?.parse().map_err(|e: String| Failure::Usage(format!("--test: {e}")))?)
+                test = Some(
+                    string(&mut p)?
+                        .parse()
+                        .map_err(|e: String| Failure::Usage(format!("--test: {e}")))?,
+                )
             }
             Long("listen") => listen = Some(addr(&mut p, "listen")?),
             Long("connect") => connect = Some(addr(&mut p, "connect")?),
             Long("provider") => {
                 let s = string(&mut p)?;
-                provider = s.parse().map_err(|_| Failure::Usage(format!("--provider: `{s}` (verbs, loopback)")))?;
+                provider = s
+                    .parse()
+                    .map_err(|_| Failure::Usage(format!("--provider: `{s}` (verbs, loopback)")))?;
             }
             Long("dev") | Short('d') => dev = Some(string(&mut p)?),
             Long("size") | Short('s') => size = Some(num(&mut p, "size")?),
@@ -93,26 +104,35 @@ fn run(mut p: lexopt::Parser) -> Result<i32, Failure> {
                 print!("usage:\n{USAGE}");
                 return Ok(0);
             }
-            Value(v) => return Err(Failure::Usage(format!("unexpected argument `{}`", v.to_string_lossy()))),
+            Value(v) => {
+                return Err(Failure::Usage(format!(
+                    "unexpected argument `{}`",
+                    v.to_string_lossy()
+                )))
+            }
             Short(c) => return Err(Failure::Usage(format!("unexpected option -{c}"))),
             Long(l) => return Err(Failure::Usage(format!("unexpected option --{l}"))),
         }
     }
-    let test = test.ok_or_else(|| Failure::Usage("--test send_lat|write_bw|read_bw is required".into()))?;
+    let test =
+        test.ok_or_else(|| Failure::Usage("--test send_lat|write_bw|read_bw is required".into()))?;
     let role = match (listen, connect) {
         (Some(l), None) => Role::Server(l),
         (None, Some(c)) => Role::Client(c),
         (Some(l), Some(c)) if l == c => Role::Both(l),
         (Some(_), Some(_)) => {
             return Err(Failure::Usage(
-                "--listen and --connect together (both ends here) must name the same address".into(),
+                "--listen and --connect together (both ends here) must name the same address"
+                    .into(),
             ))
         }
         (None, None) if provider == Provider::Loopback => {
             Role::Both(DEFAULT_LOOPBACK_ADDR.parse().expect("valid address"))
         }
         (None, None) => {
-            return Err(Failure::Usage("give --listen IP:PORT (server) or --connect IP:PORT (client)".into()))
+            return Err(Failure::Usage(
+                "give --listen IP:PORT (server) or --connect IP:PORT (client)".into(),
+            ))
         }
     };
     if provider == Provider::Loopback && !matches!(role, Role::Both(_)) {
@@ -136,7 +156,9 @@ fn run(mut p: lexopt::Parser) -> Result<i32, Failure> {
     }
     if let Some(t) = timeout {
         if !(t > 0.0 && t <= 86400.0) {
-            return Err(Failure::Usage("--timeout: must be between 0 and 86400 seconds".into()));
+            return Err(Failure::Usage(
+                "--timeout: must be between 0 and 86400 seconds".into(),
+            ));
         }
         params.timeout = Duration::from_secs_f64(t);
     }
@@ -145,7 +167,10 @@ fn run(mut p: lexopt::Parser) -> Result<i32, Failure> {
         e => Failure::Fail(e.to_string()),
     })?;
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     } else {
         println!("{}", report.to_text());
     }

@@ -69,18 +69,40 @@ pub struct ConfigError {
 impl Config {
     /// Parses config text; `file` is used in error messages.
     pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
-        let err = |field: String, reason: String| ConfigError { file: file.to_string(), field, reason };
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| err(format!("line {} column {}", e.line(), e.column()), format!("invalid JSON: {e}")))?;
+        let err = |field: String, reason: String| ConfigError {
+            file: file.to_string(),
+            field,
+            reason,
+        };
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            err(
+                format!("line {} column {}", e.line(), e.column()),
+                format!("invalid JSON: {e}"),
+            )
+        })?;
         // A bare list of calls is accepted too.
-        let value = if value.is_array() { serde_json::json!({ "calls": value }) } else { value };
+        let value = if value.is_array() {
+            serde_json::json!({ "calls": value })
+        } else {
+            value
+        };
         if !value.is_object() {
-            return Err(err("(top level)".into(), "must be a JSON object or a list of calls".into()));
+            return Err(err(
+                "(top level)".into(),
+                "must be a JSON object or a list of calls".into(),
+            ));
         }
         let cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner().to_string();
-            err(if path == "." { "(top level)".into() } else { path }, inner)
+            err(
+                if path == "." {
+                    "(top level)".into()
+                } else {
+                    path
+                },
+                inner,
+            )
         })?;
         if let Some(c) = &cfg.cores {
             if c.is_empty() {
@@ -89,7 +111,10 @@ impl Config {
         }
         for (i, c) in cfg.calls.iter().enumerate() {
             if !(c.params.is_null() || c.params.is_object()) {
-                return Err(err(format!("calls[{i}].params"), "must be a JSON object".into()));
+                return Err(err(
+                    format!("calls[{i}].params"),
+                    "must be a JSON object".into(),
+                ));
             }
         }
         Ok(cfg)
@@ -117,7 +142,11 @@ impl Config {
                 } else {
                     format!("calls[{i}] ({})", c.method)
                 };
-                return Err(ConfigError { file: file.to_string(), field, reason: e.message });
+                return Err(ConfigError {
+                    file: file.to_string(),
+                    field,
+                    reason: e.message,
+                });
             }
         }
         Ok(())
@@ -172,8 +201,12 @@ mod tests {
         let e = Config::parse("a.json", r#"{"coers": [0]}"#).unwrap_err();
         assert!(e.reason.contains("unknown field `coers`"), "{e}");
 
-        let e = Config::parse("a.json", r#"{"calls": [{"method": "x", "params": 3}]}"#).unwrap_err();
-        assert_eq!(e.to_string(), "a.json: calls[0].params: must be a JSON object");
+        let e =
+            Config::parse("a.json", r#"{"calls": [{"method": "x", "params": 3}]}"#).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "a.json: calls[0].params: must be a JSON object"
+        );
 
         let e = Config::parse("a.json", r#"{"calls": [{"params": {}}]}"#).unwrap_err();
         assert!(e.reason.contains("missing field `method`"), "{e}");
@@ -182,7 +215,11 @@ mod tests {
         assert_eq!(e.to_string(), "a.json: cores: must list at least one core");
 
         let e = Config::load("/nonexistent/strata.json").unwrap_err();
-        assert!(e.to_string().starts_with("/nonexistent/strata.json: (file): cannot be read"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/strata.json: (file): cannot be read"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -196,7 +233,9 @@ mod tests {
     fn core_lists() {
         assert_eq!(parse_cores("0,1").unwrap(), vec![0, 1]);
         assert_eq!(parse_cores("[0, 2-3]").unwrap(), vec![0, 2, 3]);
-        assert!(parse_cores("a").unwrap_err().contains("`a` is not a core number"));
+        assert!(parse_cores("a")
+            .unwrap_err()
+            .contains("`a` is not a core number"));
         assert!(parse_cores("3-1").is_err());
         assert!(parse_cores("").is_err());
     }

@@ -57,7 +57,9 @@ impl Daemon {
             .iter()
             .find(|(name, _)| *name == method)
             .map(|(_, h)| *h)
-            .ok_or_else(|| RpcError::new(code::METHOD_NOT_FOUND, format!("unknown method `{method}`")))?;
+            .ok_or_else(|| {
+                RpcError::new(code::METHOD_NOT_FOUND, format!("unknown method `{method}`"))
+            })?;
         // Management operations are serialised; read-only queries and the
         // diagnostic data-path call (which may wait for a slow device) are not.
         if UNSERIALISED.contains(&method) {
@@ -103,7 +105,12 @@ impl Daemon {
 
     /// Runs `poll` as a poller on reactor 0 until the bdev `owner` is
     /// deleted (or the daemon stops).
-    fn spawn_task(&self, owner: &str, name: &'static str, make: impl FnOnce() -> Box<dyn FnMut() -> usize> + Send + 'static) {
+    fn spawn_task(
+        &self,
+        owner: &str,
+        name: &'static str,
+        make: impl FnOnce() -> Box<dyn FnMut() -> usize> + Send + 'static,
+    ) {
         let stop = Arc::new(AtomicBool::new(false));
         lock(&self.tasks).push((owner.to_string(), Arc::clone(&stop)));
         let sent = self.reactors.send(0, move || {
@@ -147,7 +154,13 @@ impl Daemon {
 }
 
 /// Methods that run without the control lock.
-const UNSERIALISED: &[&str] = &["rpc_get_methods", "reactor_get_stats", "bdev_get_bdevs", "bdev_io", "bdev_raid1_get_status"];
+const UNSERIALISED: &[&str] = &[
+    "rpc_get_methods",
+    "reactor_get_stats",
+    "bdev_get_bdevs",
+    "bdev_io",
+    "bdev_raid1_get_status",
+];
 
 /// The method table: name → handler. `rpc_get_methods` lists it.
 pub const METHODS: &[(&str, Handler)] = &[
@@ -196,8 +209,16 @@ fn save_config(d: &Daemon, p: Value) -> Result<Value, RpcError> {
         .creation_calls()
         .into_iter()
         .map(|(method, params)| json!({ "method": method, "params": params }))
-        .chain(lock(&d.vhost).iter().map(|c| json!({ "method": "vhost_blk_create", "params": c.params() })))
-        .chain(lock(&d.srpt).iter().map(|(_, p)| json!({ "method": "srpt_target_create", "params": p })))
+        .chain(
+            lock(&d.vhost)
+                .iter()
+                .map(|c| json!({ "method": "vhost_blk_create", "params": c.params() })),
+        )
+        .chain(
+            lock(&d.srpt)
+                .iter()
+                .map(|(_, p)| json!({ "method": "srpt_target_create", "params": p })),
+        )
         .collect();
     Ok(json!({ "cores": d.cores, "idle_sleep_us": d.idle_sleep_us, "calls": calls }))
 }
@@ -228,8 +249,10 @@ fn reactor_get_stats(d: &Daemon, p: Value) -> Result<Value, RpcError> {
 /// The JSON description of one bdev (as `bdev_get_bdevs` returns it).
 pub fn bdev_json(registry: &BdevRegistry, b: &Arc<dyn Bdev>) -> Value {
     let i = b.info();
-    let supported: serde_json::Map<String, Value> =
-        IoType::ALL.iter().map(|t| (t.name().to_string(), json!(i.caps.supports(*t)))).collect();
+    let supported: serde_json::Map<String, Value> = IoType::ALL
+        .iter()
+        .map(|t| (t.name().to_string(), json!(i.caps.supports(*t))))
+        .collect();
     let claimed_by = registry.claimed_by(&i.name);
     let mut v = json!({
         "name": i.name,
@@ -255,7 +278,9 @@ fn bdev_get_bdevs(d: &Daemon, p: Value) -> Result<Value, RpcError> {
         Some(n) => vec![d.registry.get(&n)?],
         None => d.registry.list(),
     };
-    Ok(Value::Array(list.iter().map(|b| bdev_json(&d.registry, b)).collect()))
+    Ok(Value::Array(
+        list.iter().map(|b| bdev_json(&d.registry, b)).collect(),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -288,14 +313,27 @@ fn list_named<T>(
 ) -> Result<Value, RpcError> {
     if let Some(n) = name {
         if !list.iter().any(|x| name_of(x) == n) {
-            return Err(RpcError::new(code::NOT_FOUND, format!("{what} `{n}` does not exist")));
+            return Err(RpcError::new(
+                code::NOT_FOUND,
+                format!("{what} `{n}` does not exist"),
+            ));
         }
     }
-    Ok(Value::Array(list.iter().filter(|x| name.is_none_or(|n| name_of(x) == n)).map(describe).collect()))
+    Ok(Value::Array(
+        list.iter()
+            .filter(|x| name.is_none_or(|n| name_of(x) == n))
+            .map(describe)
+            .collect(),
+    ))
 }
 
 /// Removes the object named `name` from `list`.
-fn take_named<T>(list: &Mutex<Vec<T>>, name: &str, what: &str, name_of: impl Fn(&T) -> &str) -> Result<T, RpcError> {
+fn take_named<T>(
+    list: &Mutex<Vec<T>>,
+    name: &str,
+    what: &str,
+    name_of: impl Fn(&T) -> &str,
+) -> Result<T, RpcError> {
     let mut list = lock(list);
     let i = list
         .iter()
@@ -343,7 +381,9 @@ fn bdev_null_create(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
     }
     let p: P = params(raw)?;
     d.registry.check_new(&p.name, &[])?;
-    let b = Arc::new(bdev::null::create(&p.name, p.num_blocks, p.block_size)?.with_zero_reads(p.zero_reads));
+    let b = Arc::new(
+        bdev::null::create(&p.name, p.num_blocks, p.block_size)?.with_zero_reads(p.zero_reads),
+    );
     register(d, b, "bdev_null_create", json!(p))
 }
 
@@ -385,7 +425,8 @@ fn bdev_error_create(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
         base: String,
     }
     let p: P = params(raw)?;
-    d.registry.check_new(&p.name, std::slice::from_ref(&p.base))?;
+    d.registry
+        .check_new(&p.name, std::slice::from_ref(&p.base))?;
     let base = d.registry.get(&p.base)?;
     let b = Arc::new(bdev::error::create(&p.name, base)?);
     register(d, b, "bdev_error_create", json!(p))
@@ -414,7 +455,8 @@ fn bdev_delay_create(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
         write_us: u64,
     }
     let p: P = params(raw)?;
-    d.registry.check_new(&p.name, std::slice::from_ref(&p.base))?;
+    d.registry
+        .check_new(&p.name, std::slice::from_ref(&p.base))?;
     let base = d.registry.get(&p.base)?;
     let b = Arc::new(bdev::delay::create(&p.name, base, p.read_us, p.write_us)?);
     register(d, b, "bdev_delay_create", json!(p))
@@ -458,7 +500,10 @@ fn bdev_io(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
     let bs = b.info().block_size as u64;
     let has_data = matches!(p.op, Op::Read | Op::Write | Op::Verify);
     if has_data && p.num_blocks.saturating_mul(bs) > BDEV_IO_MAX_BYTES {
-        return Err(RpcError::param("num_blocks", format!("at most {} bytes per call", BDEV_IO_MAX_BYTES)));
+        return Err(RpcError::param(
+            "num_blocks",
+            format!("at most {} bytes per call", BDEV_IO_MAX_BYTES),
+        ));
     }
     let (tx, rx) = std::sync::mpsc::channel();
     let op_is_write = matches!(p.op, Op::Write);
@@ -487,7 +532,13 @@ fn bdev_io(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
             }
             let iov = [buf.iovec(0, len)];
             let iovs: &[bdev::IoVec] = if has_data { &iov } else { &[] };
-            let req = bdev::IoRequest { io_type: kind, offset_blocks: off, num_blocks: n, iovs, fua };
+            let req = bdev::IoRequest {
+                io_type: kind,
+                offset_blocks: off,
+                num_blocks: n,
+                iovs,
+                fua,
+            };
             // SAFETY: `buf` moves into the poller below and is dropped only
             // after the completion has been reported.
             if unsafe { ch.submit(&req, 1) }.is_err() {
@@ -504,14 +555,18 @@ fn bdev_io(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
                 }
                 let mut status = None;
                 ch.poll(&mut |_, st| status = Some(st));
-                let Some(st) = status else { return reactor::Poll::Idle };
+                let Some(st) = status else {
+                    return reactor::Poll::Idle;
+                };
                 done = true;
                 reactor::inflight_sub(1);
                 let mismatched = if op_verify && st.is_ok() {
                     buf.as_slice()
                         .chunks(bs as usize)
                         .enumerate()
-                        .filter(|(i, c)| !bdev::testing::check_pattern(c, off + *i as u64, bs as usize, seed))
+                        .filter(|(i, c)| {
+                            !bdev::testing::check_pattern(c, off + *i as u64, bs as usize, seed)
+                        })
                         .count()
                 } else {
                     0
@@ -541,7 +596,10 @@ impl From<vhost::VhostError> for RpcError {
     fn from(e: vhost::VhostError) -> Self {
         match e {
             vhost::VhostError::InvalidParam { field, reason } => RpcError::param(field, reason),
-            vhost::VhostError::NumQueues(n) => RpcError::param("num_queues", format!("must be between 1 and {}, got {n}", vhost::MAX_QUEUES)),
+            vhost::VhostError::NumQueues(n) => RpcError::param(
+                "num_queues",
+                format!("must be between 1 and {}, got {n}", vhost::MAX_QUEUES),
+            ),
             vhost::VhostError::UnknownCore { .. } => RpcError::param("cores", e.to_string()),
             other => RpcError::new(code::FAILED, crate::rpc::error_chain(&other)),
         }
@@ -551,7 +609,10 @@ impl From<vhost::VhostError> for RpcError {
 fn vhost_blk_create(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
     let p: vhost::VhostBlkParams = params(raw)?;
     if lock(&d.vhost).iter().any(|c| c.name() == p.name) {
-        return Err(RpcError::new(code::EXISTS, format!("vhost controller `{}` already exists", p.name)));
+        return Err(RpcError::new(
+            code::EXISTS,
+            format!("vhost controller `{}` already exists", p.name),
+        ));
     }
     let owner = vhost_owner(&p.name);
     let bdev = d.registry.claim(&p.bdev, &owner)?;
@@ -569,7 +630,13 @@ fn vhost_blk_create(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
 
 fn vhost_get_controllers(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
     let p: OptName = params(raw)?;
-    list_named(&lock(&d.vhost), p.name.as_deref(), "vhost controller", |c| c.name(), |c| c.info())
+    list_named(
+        &lock(&d.vhost),
+        p.name.as_deref(),
+        "vhost controller",
+        |c| c.name(),
+        |c| c.info(),
+    )
 }
 
 fn vhost_delete_controller(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
@@ -632,10 +699,14 @@ impl From<srpt::TargetError> for RpcError {
 fn srpt_target_create(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
     let p: srpt::SrptTargetParams = params(raw.clone())?;
     if lock(&d.srpt).iter().any(|(t, _)| t.name() == p.name) {
-        return Err(RpcError::new(code::EXISTS, format!("SRP target `{}` already exists", p.name)));
+        return Err(RpcError::new(
+            code::EXISTS,
+            format!("SRP target `{}` already exists", p.name),
+        ));
     }
     // Validate first so that a bad field is reported before bdevs are claimed.
-    p.validate().map_err(|c| RpcError::param(c.field, c.reason))?;
+    p.validate()
+        .map_err(|c| RpcError::param(c.field, c.reason))?;
     let owner = srpt_owner(&p.name);
     let mut claimed: Vec<String> = Vec::new();
     let mut luns = Vec::with_capacity(p.luns.len());
@@ -669,7 +740,13 @@ fn srpt_target_create(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
 
 fn srpt_get_sessions(d: &Daemon, raw: Value) -> Result<Value, RpcError> {
     let p: OptName = params(raw)?;
-    list_named(&lock(&d.srpt), p.name.as_deref(), "SRP target", |(t, _)| t.name(), |(t, _)| t.sessions_json())
+    list_named(
+        &lock(&d.srpt),
+        p.name.as_deref(),
+        "SRP target",
+        |(t, _)| t.name(),
+        |(t, _)| t.sessions_json(),
+    )
 }
 
 fn srpt_target_delete(d: &Daemon, raw: Value) -> Result<Value, RpcError> {

@@ -59,13 +59,21 @@ pub struct RpcError {
 impl RpcError {
     /// An error with a code and message.
     pub fn new(code: i32, message: impl Into<String>) -> Self {
-        RpcError { code, message: message.into(), field: None }
+        RpcError {
+            code,
+            message: message.into(),
+            field: None,
+        }
     }
 
     /// An invalid-parameter error naming the field.
     pub fn param(field: impl Into<String>, message: impl Into<String>) -> Self {
         let field = field.into();
-        RpcError { code: code::INVALID_PARAMS, message: format!("invalid parameter `{field}`: {}", message.into()), field: Some(field) }
+        RpcError {
+            code: code::INVALID_PARAMS,
+            message: format!("invalid parameter `{field}`: {}", message.into()),
+            field: Some(field),
+        }
     }
 
     /// The JSON-RPC error object.
@@ -122,7 +130,10 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 pub fn params<T: DeserializeOwned>(v: Value) -> Result<T, RpcError> {
     let v = if v.is_null() { json!({}) } else { v };
     if !v.is_object() {
-        return Err(RpcError::new(code::INVALID_PARAMS, "params must be a JSON object"));
+        return Err(RpcError::new(
+            code::INVALID_PARAMS,
+            "params must be a JSON object",
+        ));
     }
     serde_path_to_error::deserialize::<_, T>(v).map_err(|e| {
         let path = e.path().to_string();
@@ -145,7 +156,10 @@ pub fn handle_value(d: &Daemon, v: Value) -> Option<Value> {
     match v {
         Value::Array(reqs) => {
             if reqs.is_empty() {
-                return Some(error_response(Value::Null, &RpcError::new(code::INVALID_REQUEST, "empty batch")));
+                return Some(error_response(
+                    Value::Null,
+                    &RpcError::new(code::INVALID_REQUEST, "empty batch"),
+                ));
             }
             let out: Vec<Value> = reqs.into_iter().filter_map(|r| handle_one(d, r)).collect();
             if out.is_empty() {
@@ -164,21 +178,43 @@ fn error_response(id: Value, e: &RpcError) -> Value {
 
 fn handle_one(d: &Daemon, v: Value) -> Option<Value> {
     let Value::Object(mut obj) = v else {
-        return Some(error_response(Value::Null, &RpcError::new(code::INVALID_REQUEST, "request must be a JSON object")));
+        return Some(error_response(
+            Value::Null,
+            &RpcError::new(code::INVALID_REQUEST, "request must be a JSON object"),
+        ));
     };
     let id = obj.remove("id");
     let is_notification = id.is_none();
     let id = id.unwrap_or(Value::Null);
     if !(id.is_null() || id.is_number() || id.is_string()) {
-        return Some(error_response(Value::Null, &RpcError::new(code::INVALID_REQUEST, "`id` must be a number, a string or null")));
+        return Some(error_response(
+            Value::Null,
+            &RpcError::new(
+                code::INVALID_REQUEST,
+                "`id` must be a number, a string or null",
+            ),
+        ));
     }
     if obj.get("jsonrpc") != Some(&json!("2.0")) {
-        return Some(error_response(id, &RpcError::new(code::INVALID_REQUEST, "`jsonrpc` must be \"2.0\"")));
+        return Some(error_response(
+            id,
+            &RpcError::new(code::INVALID_REQUEST, "`jsonrpc` must be \"2.0\""),
+        ));
     }
     let method = match obj.remove("method") {
         Some(Value::String(m)) => m,
-        Some(_) => return Some(error_response(id, &RpcError::new(code::INVALID_REQUEST, "`method` must be a string"))),
-        None => return Some(error_response(id, &RpcError::new(code::INVALID_REQUEST, "`method` is missing"))),
+        Some(_) => {
+            return Some(error_response(
+                id,
+                &RpcError::new(code::INVALID_REQUEST, "`method` must be a string"),
+            ))
+        }
+        None => {
+            return Some(error_response(
+                id,
+                &RpcError::new(code::INVALID_REQUEST, "`method` is missing"),
+            ))
+        }
     };
     let params = obj.remove("params").unwrap_or(Value::Null);
     let result = d.call(&method, params);
@@ -231,22 +267,44 @@ impl Server {
         }
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() && !dir.exists() {
-                std::fs::create_dir_all(dir).map_err(|source| ServerError::Bind { path: shown.clone(), source })?;
+                std::fs::create_dir_all(dir).map_err(|source| ServerError::Bind {
+                    path: shown.clone(),
+                    source,
+                })?;
             }
         }
-        let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind { path: shown.clone(), source })?;
+        let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind {
+            path: shown.clone(),
+            source,
+        })?;
         // Restrict before anything can connect: accept() only starts below.
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|source| ServerError::Bind { path: shown.clone(), source })?;
-        listener.set_nonblocking(true).map_err(|source| ServerError::Bind { path: shown.clone(), source })?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| ServerError::Bind {
+                path: shown.clone(),
+                source,
+            },
+        )?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| ServerError::Bind {
+                path: shown.clone(),
+                source,
+            })?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("rpc".into())
             .spawn(move || accept_loop(listener, daemon, stop2))
-            .map_err(|source| ServerError::Bind { path: shown.clone(), source })?;
+            .map_err(|source| ServerError::Bind {
+                path: shown.clone(),
+                source,
+            })?;
         tracing::info!(socket = %shown, "RPC server listening");
-        Ok(Server { path: path.to_path_buf(), stop, thread: Some(thread) })
+        Ok(Server {
+            path: path.to_path_buf(),
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// Stops accepting and removes the socket file.
@@ -271,9 +329,13 @@ fn accept_loop(listener: UnixListener, daemon: Arc<Daemon>, stop: Arc<AtomicBool
             Ok((stream, _)) => {
                 let d = Arc::clone(&daemon);
                 let stop = Arc::clone(&stop);
-                let _ = std::thread::Builder::new().name("rpc-conn".into()).spawn(move || serve_conn(stream, d, stop));
+                let _ = std::thread::Builder::new()
+                    .name("rpc-conn".into())
+                    .spawn(move || serve_conn(stream, d, stop));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "rpc accept failed");
                 std::thread::sleep(Duration::from_millis(20));
@@ -288,7 +350,9 @@ const MAX_REQUEST_BYTES: usize = 16 << 20;
 
 fn serve_conn(stream: UnixStream, d: Arc<Daemon>, stop: Arc<AtomicBool>) {
     let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-    let Ok(mut out) = stream.try_clone() else { return };
+    let Ok(mut out) = stream.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(stream);
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -318,7 +382,10 @@ fn serve_conn(stream: UnixStream, d: Arc<Daemon>, stop: Arc<AtomicBool>) {
                 }
                 Some(Err(e)) if e.is_eof() => break,
                 Some(Err(e)) => {
-                    let resp = error_response(Value::Null, &RpcError::new(code::PARSE_ERROR, format!("parse error: {e}")));
+                    let resp = error_response(
+                        Value::Null,
+                        &RpcError::new(code::PARSE_ERROR, format!("parse error: {e}")),
+                    );
                     let mut line = serde_json::to_vec(&resp).unwrap_or_default();
                     line.push(b'\n');
                     let _ = out.write_all(&line);
@@ -328,7 +395,10 @@ fn serve_conn(stream: UnixStream, d: Arc<Daemon>, stop: Arc<AtomicBool>) {
             }
         }
         if buf.len() > MAX_REQUEST_BYTES {
-            let resp = error_response(Value::Null, &RpcError::new(code::INVALID_REQUEST, "request too large"));
+            let resp = error_response(
+                Value::Null,
+                &RpcError::new(code::INVALID_REQUEST, "request too large"),
+            );
             let _ = out.write_all(format!("{resp}\n").as_bytes());
             return;
         }
@@ -336,7 +406,10 @@ fn serve_conn(stream: UnixStream, d: Arc<Daemon>, stop: Arc<AtomicBool>) {
             Ok([]) => {
                 // EOF: an incomplete trailing value is a parse error.
                 if buf.iter().any(|b| !b.is_ascii_whitespace()) {
-                    let resp = error_response(Value::Null, &RpcError::new(code::PARSE_ERROR, "parse error: unexpected end of input"));
+                    let resp = error_response(
+                        Value::Null,
+                        &RpcError::new(code::PARSE_ERROR, "parse error: unexpected end of input"),
+                    );
                     let _ = out.write_all(format!("{resp}\n").as_bytes());
                 }
                 return;
@@ -346,7 +419,11 @@ fn serve_conn(stream: UnixStream, d: Arc<Daemon>, stop: Arc<AtomicBool>) {
                 buf.extend_from_slice(chunk);
                 reader.consume(n);
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return,
         }
@@ -354,25 +431,41 @@ fn serve_conn(stream: UnixStream, d: Arc<Daemon>, stop: Arc<AtomicBool>) {
 }
 
 /// Client side: sends one request and returns the result or the error.
-pub fn call(socket: &Path, method: &str, params: Option<Value>, timeout: Duration) -> Result<Value, ClientError> {
-    let stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect { path: socket.display().to_string(), source })?;
+pub fn call(
+    socket: &Path,
+    method: &str,
+    params: Option<Value>,
+    timeout: Duration,
+) -> Result<Value, ClientError> {
+    let stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: socket.display().to_string(),
+        source,
+    })?;
     stream.set_read_timeout(Some(timeout)).ok();
     let mut req = json!({ "jsonrpc": "2.0", "id": 1, "method": method });
     if let Some(p) = params {
         req["params"] = p;
     }
     let mut w = &stream;
-    w.write_all(format!("{req}\n").as_bytes()).map_err(ClientError::Io)?;
+    w.write_all(format!("{req}\n").as_bytes())
+        .map_err(ClientError::Io)?;
     let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line).map_err(ClientError::Io)?;
+    BufReader::new(&stream)
+        .read_line(&mut line)
+        .map_err(ClientError::Io)?;
     if line.is_empty() {
         return Err(ClientError::Closed);
     }
-    let resp: Value = serde_json::from_str(&line).map_err(|e| ClientError::BadResponse(e.to_string()))?;
+    let resp: Value =
+        serde_json::from_str(&line).map_err(|e| ClientError::BadResponse(e.to_string()))?;
     if let Some(err) = resp.get("error") {
         return Err(ClientError::Rpc {
             code: err.get("code").and_then(Value::as_i64).unwrap_or(0) as i32,
-            message: err.get("message").and_then(Value::as_str).unwrap_or("").to_string(),
+            message: err
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
         });
     }
     Ok(resp.get("result").cloned().unwrap_or(Value::Null))

@@ -13,7 +13,11 @@ use serde_json::{json, Value};
 
 fn alive(s: &Serve) {
     let methods = s.ok("rpc_get_methods", json!(null));
-    assert!(methods.as_array().unwrap().iter().any(|m| m == "bdev_get_bdevs"));
+    assert!(methods
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m == "bdev_get_bdevs"));
 }
 
 #[test]
@@ -25,7 +29,10 @@ fn default_config_serves_a_malloc_bdev_over_vhost_and_socket_is_private() {
     assert_eq!(c[0]["bdev"], "Malloc0");
     assert_eq!(c[0]["socket"], "/var/tmp/strata-vhost0.sock");
     assert!(std::path::Path::new("/var/tmp/strata-vhost0.sock").exists());
-    assert_eq!(s.call("bdev_delete", json!({"name": "Malloc0"})), Err((-32003, "bdev `Malloc0` is in use by `vhost:vhost0`".into())));
+    assert_eq!(
+        s.call("bdev_delete", json!({"name": "Malloc0"})),
+        Err((-32003, "bdev `Malloc0` is in use by `vhost:vhost0`".into()))
+    );
     let mode = std::fs::metadata(&s.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let b = s.ok("bdev_get_bdevs", json!({}));
@@ -34,9 +41,15 @@ fn default_config_serves_a_malloc_bdev_over_vhost_and_socket_is_private() {
     assert_eq!(b[0]["num_blocks"], 131072);
     // The data path works: write, verify, read counters move.
     assert_eq!(s.ok("bdev_io", json!({"name": "Malloc0", "op": "write", "offset_blocks": 8, "num_blocks": 8, "seed": 3}))["status"], "success");
-    let v = s.ok("bdev_io", json!({"name": "Malloc0", "op": "verify", "offset_blocks": 8, "num_blocks": 8, "seed": 3}));
+    let v = s.ok(
+        "bdev_io",
+        json!({"name": "Malloc0", "op": "verify", "offset_blocks": 8, "num_blocks": 8, "seed": 3}),
+    );
     assert_eq!(v, json!({"status": "success", "mismatched_blocks": 0}));
-    let v = s.ok("bdev_io", json!({"name": "Malloc0", "op": "verify", "offset_blocks": 8, "num_blocks": 9, "seed": 3}));
+    let v = s.ok(
+        "bdev_io",
+        json!({"name": "Malloc0", "op": "verify", "offset_blocks": 8, "num_blocks": 9, "seed": 3}),
+    );
     assert_eq!(v["mismatched_blocks"], 1, "block 16 was never written");
     let st = &s.ok("bdev_get_bdevs", json!({"name": "Malloc0"}))[0]["stats"];
     assert_eq!(st["num_write_ops"], 1);
@@ -109,7 +122,10 @@ fn bad_rpc_input_gets_exact_errors_and_the_daemon_keeps_serving() {
     assert_eq!(r[0].as_array().unwrap().len(), 3);
     assert_eq!(r[0][0]["error"]["message"], "request must be a JSON object");
     let r = s.raw(b"{\"jsonrpc\":\"1.0\",\"id\":2,\"method\":\"rpc_get_methods\"}");
-    assert_eq!(r[0]["error"], json!({"code": -32600, "message": "`jsonrpc` must be \"2.0\""}));
+    assert_eq!(
+        r[0]["error"],
+        json!({"code": -32600, "message": "`jsonrpc` must be \"2.0\""})
+    );
     let r = s.raw(b"{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":5}");
     assert_eq!(r[0]["error"]["message"], "`method` must be a string");
     let r = s.raw(b"{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"bdev_get_bdevs\",\"params\":[1]}");
@@ -125,7 +141,10 @@ fn bad_rpc_input_gets_exact_errors_and_the_daemon_keeps_serving() {
     let sock = s.socket.to_str().unwrap();
     let (code, _, err) = run(&["rpc", "-s", sock, "bdev_delete", r#"{"name":"nope"}"#]);
     assert_eq!(code, 1);
-    assert_eq!(err.trim(), "strata: rpc bdev_delete: error -32001: bdev `nope` does not exist");
+    assert_eq!(
+        err.trim(),
+        "strata: rpc bdev_delete: error -32001: bdev `nope` does not exist"
+    );
     let (code, _, err) = run(&["rpc", "-s", sock, "bdev_delete", "{nope"]);
     assert_eq!(code, 2);
     assert!(err.contains("PARAMS_JSON is not valid JSON"), "{err}");
@@ -135,21 +154,51 @@ fn bad_rpc_input_gets_exact_errors_and_the_daemon_keeps_serving() {
 fn bdev_lifecycle_claims_and_save_config_round_trip() {
     let dir = scratch();
     let img = dir.path().join("disk.img");
-    std::fs::File::create(&img).unwrap().set_len(8 << 20).unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
     let s = Serve::start(dir.path(), &[]);
-    s.ok("bdev_null_create", json!({"name": "n0", "num_blocks": 1000, "block_size": 4096}));
-    s.ok("bdev_file_create", json!({"name": "f0", "filename": img.to_str().unwrap(), "block_size": 4096}));
+    s.ok(
+        "bdev_null_create",
+        json!({"name": "n0", "num_blocks": 1000, "block_size": 4096}),
+    );
+    s.ok(
+        "bdev_file_create",
+        json!({"name": "f0", "filename": img.to_str().unwrap(), "block_size": 4096}),
+    );
     s.ok("bdev_error_create", json!({"name": "e0", "base": "f0"}));
-    s.ok("bdev_delay_create", json!({"name": "d0", "base": "e0", "read_us": 10, "write_us": 20}));
-    assert_eq!(s.call("bdev_delete", json!({"name": "f0"})), Err((-32003, "bdev `f0` is in use by `e0`".into())));
+    s.ok(
+        "bdev_delay_create",
+        json!({"name": "d0", "base": "e0", "read_us": 10, "write_us": 20}),
+    );
+    assert_eq!(
+        s.call("bdev_delete", json!({"name": "f0"})),
+        Err((-32003, "bdev `f0` is in use by `e0`".into()))
+    );
     assert_eq!(
         s.call("bdev_error_create", json!({"name": "e1", "base": "f0"})),
         Err((-32003, "bdev `f0` is in use by `e0`".into()))
     );
     // Error injection through the delay bdev on top.
-    s.ok("bdev_error_inject", json!({"name": "e0", "io_type": "write", "range": [10, 2]}));
-    assert_eq!(s.ok("bdev_io", json!({"name": "d0", "op": "write", "offset_blocks": 11, "num_blocks": 1}))["status"], "medium_error");
-    assert_eq!(s.ok("bdev_io", json!({"name": "d0", "op": "write", "offset_blocks": 12, "num_blocks": 1}))["status"], "success");
+    s.ok(
+        "bdev_error_inject",
+        json!({"name": "e0", "io_type": "write", "range": [10, 2]}),
+    );
+    assert_eq!(
+        s.ok(
+            "bdev_io",
+            json!({"name": "d0", "op": "write", "offset_blocks": 11, "num_blocks": 1})
+        )["status"],
+        "medium_error"
+    );
+    assert_eq!(
+        s.ok(
+            "bdev_io",
+            json!({"name": "d0", "op": "write", "offset_blocks": 12, "num_blocks": 1})
+        )["status"],
+        "success"
+    );
     s.ok("bdev_error_inject", json!({"name": "e0", "clear": true}));
 
     let saved = s.ok("save_config", json!({}));
@@ -163,12 +212,23 @@ fn bdev_lifecycle_claims_and_save_config_round_trip() {
         v.as_array()
             .unwrap()
             .iter()
-            .map(|b| (b["name"].clone(), b["kind"].clone(), b["num_blocks"].clone(), b["block_size"].clone(), b["claimed_by"].clone()))
+            .map(|b| {
+                (
+                    b["name"].clone(),
+                    b["kind"].clone(),
+                    b["num_blocks"].clone(),
+                    b["block_size"].clone(),
+                    b["claimed_by"].clone(),
+                )
+            })
             .collect()
     };
     assert_eq!(shape(&before), shape(&after));
     // Data written through the stack before the restart is still there.
-    let v = s2.ok("bdev_io", json!({"name": "d0", "op": "verify", "offset_blocks": 12, "num_blocks": 1}));
+    let v = s2.ok(
+        "bdev_io",
+        json!({"name": "d0", "op": "verify", "offset_blocks": 12, "num_blocks": 1}),
+    );
     assert_eq!(v["mismatched_blocks"], 0);
     // Deleting users first releases the bases.
     s2.ok("bdev_delete", json!({"name": "d0"}));
@@ -201,14 +261,29 @@ fn config_errors_name_file_field_and_reason() {
         let fs = f.to_str().unwrap();
         let (code, _, err) = run(&["serve", "--config", fs, "--rpc-socket", sock]);
         assert_eq!(code, 1, "{text}: {err}");
-        assert!(err.contains(want.as_str()), "{text}: wanted `{want}` in `{err}`");
+        assert!(
+            err.contains(want.as_str()),
+            "{text}: wanted `{want}` in `{err}`"
+        );
         if !want.starts_with("core ") {
-            assert!(err.contains(&format!("config error: {fs}: ")), "names the file: {err}");
+            assert!(
+                err.contains(&format!("config error: {fs}: ")),
+                "names the file: {err}"
+            );
         }
     }
-    let (code, _, err) = run(&["serve", "--config", "/nonexistent.json", "--rpc-socket", sock]);
+    let (code, _, err) = run(&[
+        "serve",
+        "--config",
+        "/nonexistent.json",
+        "--rpc-socket",
+        sock,
+    ]);
     assert_eq!(code, 1);
-    assert!(err.contains("/nonexistent.json: (file): cannot be read"), "{err}");
+    assert!(
+        err.contains("/nonexistent.json: (file): cannot be read"),
+        "{err}"
+    );
     let (code, _, err) = run(&["serve", "--cores", "x"]);
     assert_eq!(code, 2);
     assert!(err.contains("--cores: `x` is not a core number"), "{err}");
@@ -220,9 +295,18 @@ fn config_errors_name_file_field_and_reason() {
 fn second_daemon_on_the_same_socket_is_refused() {
     let dir = scratch();
     let s = Serve::start(dir.path(), &[]);
-    let (code, _, err) = run(&["serve", "--rpc-socket", s.socket.to_str().unwrap(), "--idle-sleep-us", "200"]);
+    let (code, _, err) = run(&[
+        "serve",
+        "--rpc-socket",
+        s.socket.to_str().unwrap(),
+        "--idle-sleep-us",
+        "200",
+    ]);
     assert_eq!(code, 1);
-    assert!(err.contains("another strata (or another program) is listening"), "{err}");
+    assert!(
+        err.contains("another strata (or another program) is listening"),
+        "{err}"
+    );
     alive(&s);
 }
 
@@ -232,7 +316,12 @@ fn sigterm_and_sigint_drain_and_exit_zero() {
         let dir = scratch();
         let mut s = Serve::start(dir.path(), &[]);
         let sock = s.socket.clone();
-        assert_eq!(s.signal_and_wait(sig), Some(0), "SIG{sig}: {}", s.log_text());
+        assert_eq!(
+            s.signal_and_wait(sig),
+            Some(0),
+            "SIG{sig}: {}",
+            s.log_text()
+        );
         assert!(!sock.exists(), "socket removed on exit");
         assert!(s.log_text().contains("stopped cleanly"));
     }
@@ -245,7 +334,10 @@ fn sigterm_and_sigint_drain_and_exit_zero() {
 fn acknowledged_writes_survive_kill_9() {
     let dir = scratch();
     let img = dir.path().join("durable.img");
-    std::fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
     let cfg = dir.path().join("file.json");
     std::fs::write(
         &cfg,
@@ -267,13 +359,19 @@ fn acknowledged_writes_survive_kill_9() {
                 let lba = (i * 7) % 4000;
                 let req = json!({"jsonrpc": "2.0", "id": 1, "method": "bdev_io",
                     "params": {"name": "f", "op": "write", "offset_blocks": lba, "num_blocks": 4, "seed": 1000 + i}});
-                let Ok(mut c) = std::os::unix::net::UnixStream::connect(&sock) else { break };
+                let Ok(mut c) = std::os::unix::net::UnixStream::connect(&sock) else {
+                    break;
+                };
                 use std::io::{BufRead, Write};
                 if c.write_all(format!("{req}\n").as_bytes()).is_err() {
                     break;
                 }
                 let mut line = String::new();
-                if std::io::BufReader::new(&c).read_line(&mut line).unwrap_or(0) == 0 {
+                if std::io::BufReader::new(&c)
+                    .read_line(&mut line)
+                    .unwrap_or(0)
+                    == 0
+                {
                     break; // killed before answering: not acknowledged
                 }
                 let v: Value = serde_json::from_str(&line).unwrap();
@@ -287,7 +385,10 @@ fn acknowledged_writes_survive_kill_9() {
     // Let some writes land, then kill without warning.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while acked.lock().unwrap().len() < 40 {
-        assert!(std::time::Instant::now() < deadline, "writes did not progress");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writes did not progress"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(s.signal_and_wait("KILL"), None, "killed by signal");
@@ -299,12 +400,17 @@ fn acknowledged_writes_survive_kill_9() {
     // Check every acknowledged write not overwritten by a later one.
     let mut checked = 0;
     for (idx, (lba, seed)) in acked.iter().enumerate() {
-        let overlapped = acked[idx + 1..].iter().any(|(l, _)| l + 4 > *lba && *l < lba + 4);
+        let overlapped = acked[idx + 1..]
+            .iter()
+            .any(|(l, _)| l + 4 > *lba && *l < lba + 4);
         if overlapped {
             continue;
         }
         let v = s2.ok("bdev_io", json!({"name": "f", "op": "verify", "offset_blocks": lba, "num_blocks": 4, "seed": seed}));
-        assert_eq!(v["mismatched_blocks"], 0, "acknowledged write at {lba} (seed {seed}) lost");
+        assert_eq!(
+            v["mismatched_blocks"], 0,
+            "acknowledged write at {lba} (seed {seed}) lost"
+        );
         checked += 1;
     }
     assert!(checked >= 40, "verified {checked} acknowledged writes");

@@ -19,7 +19,10 @@ fn config(dir: &std::path::Path) -> String {
     let m1 = dir.join("m1.img");
     for m in [&m0, &m1] {
         if !m.exists() {
-            std::fs::File::create(m).unwrap().set_len(MEMBER_BYTES).unwrap();
+            std::fs::File::create(m)
+                .unwrap()
+                .set_len(MEMBER_BYTES)
+                .unwrap();
         }
     }
     let cfg = dir.join("raid.json");
@@ -42,7 +45,11 @@ fn write_via_rpc(sock: &std::path::Path, lba: u64, seed: u64) -> Option<bool> {
     let mut c = std::os::unix::net::UnixStream::connect(sock).ok()?;
     c.write_all(format!("{req}\n").as_bytes()).ok()?;
     let mut line = String::new();
-    if std::io::BufReader::new(&c).read_line(&mut line).unwrap_or(0) == 0 {
+    if std::io::BufReader::new(&c)
+        .read_line(&mut line)
+        .unwrap_or(0)
+        == 0
+    {
         return None;
     }
     let v: Value = serde_json::from_str(&line).ok()?;
@@ -103,8 +110,14 @@ fn kill_9_during_writes_resyncs_only_dirty_regions() {
         std::thread::sleep(Duration::from_millis(20));
     };
     let resynced = st["resynced_regions"].as_u64().unwrap();
-    assert!(resynced >= 1, "an unclean shutdown must resync the dirty regions: {st}");
-    assert!(resynced <= touched_max, "only bitmap-dirty regions are resynced, not {resynced} of {regions}: {st}");
+    assert!(
+        resynced >= 1,
+        "an unclean shutdown must resync the dirty regions: {st}"
+    );
+    assert!(
+        resynced <= touched_max,
+        "only bitmap-dirty regions are resynced, not {resynced} of {regions}: {st}"
+    );
     assert_eq!(st["in_sync"], 2, "{st}");
     assert_eq!(st["rebuilt_regions"], 0, "no full rebuild: {st}");
 
@@ -112,11 +125,17 @@ fn kill_9_during_writes_resyncs_only_dirty_regions() {
     let acked = acked.lock().unwrap().clone();
     let mut checked = 0;
     for (idx, (lba, seed)) in acked.iter().enumerate() {
-        if acked[idx + 1..].iter().any(|(l, _)| l + 4 > *lba && *l < lba + 4) {
+        if acked[idx + 1..]
+            .iter()
+            .any(|(l, _)| l + 4 > *lba && *l < lba + 4)
+        {
             continue;
         }
         let v = s2.ok("bdev_io", json!({"name": "r0", "op": "verify", "offset_blocks": lba, "num_blocks": 4, "seed": seed}));
-        assert_eq!(v["mismatched_blocks"], 0, "acknowledged write at {lba} lost");
+        assert_eq!(
+            v["mismatched_blocks"], 0,
+            "acknowledged write at {lba} lost"
+        );
         checked += 1;
     }
     assert!(checked > 0);
@@ -127,7 +146,10 @@ fn kill_9_during_writes_resyncs_only_dirty_regions() {
     let a = std::fs::read(dir.path().join("m0.img")).unwrap();
     let b = std::fs::read(dir.path().join("m1.img")).unwrap();
     let n = data_off as usize + (st["num_blocks"].as_u64().unwrap() * BS) as usize;
-    assert!(a[data_off as usize..n] == b[data_off as usize..n], "members differ after resync");
+    assert!(
+        a[data_off as usize..n] == b[data_off as usize..n],
+        "members differ after resync"
+    );
 
     // A clean restart resyncs nothing.
     let s3 = Serve::start(dir.path(), &["--config", &cfg]);
@@ -141,10 +163,19 @@ fn member_failure_and_bad_requests_through_rpc() {
     let dir = scratch();
     let s = Serve::start(dir.path(), &[]);
     for n in ["a", "b", "c"] {
-        s.ok("bdev_malloc_create", json!({"name": n, "num_blocks": 8192, "block_size": 512}));
+        s.ok(
+            "bdev_malloc_create",
+            json!({"name": n, "num_blocks": 8192, "block_size": 512}),
+        );
     }
-    s.ok("bdev_malloc_create", json!({"name": "big", "num_blocks": 8192, "block_size": 4096}));
-    s.ok("bdev_malloc_create", json!({"name": "tiny", "num_blocks": 16, "block_size": 512}));
+    s.ok(
+        "bdev_malloc_create",
+        json!({"name": "big", "num_blocks": 8192, "block_size": 4096}),
+    );
+    s.ok(
+        "bdev_malloc_create",
+        json!({"name": "tiny", "num_blocks": 16, "block_size": 512}),
+    );
     let err = |p: Value| s.call("bdev_raid1_create", p).unwrap_err();
     let (code, msg) = err(json!({"name": "r", "members": []}));
     assert_eq!(code, -32602);
@@ -155,18 +186,45 @@ fn member_failure_and_bad_requests_through_rpc() {
     assert!(msg.contains("tiny"), "{msg}");
     let (_, msg) = err(json!({"name": "r", "members": ["a", "nope"]}));
     assert!(msg.contains("bdev `nope` does not exist"), "{msg}");
-    s.ok("bdev_raid1_create", json!({"name": "r", "members": ["a", "b"], "bitmap_chunk_kb": 64}));
+    s.ok(
+        "bdev_raid1_create",
+        json!({"name": "r", "members": ["a", "b"], "bitmap_chunk_kb": 64}),
+    );
     let (_, msg) = err(json!({"name": "r2", "members": ["a", "c"]}));
     assert!(msg.contains("bdev `a` is in use by `r`"), "{msg}");
 
     // Write, fail a member, keep writing and reading: no error surfaces.
-    assert_eq!(s.ok("bdev_io", json!({"name": "r", "op": "write", "offset_blocks": 0, "num_blocks": 64, "seed": 1}))["status"], "success");
-    let st = s.ok("bdev_raid1_fail_member", json!({"name": "r", "member": "b"}));
+    assert_eq!(
+        s.ok(
+            "bdev_io",
+            json!({"name": "r", "op": "write", "offset_blocks": 0, "num_blocks": 64, "seed": 1})
+        )["status"],
+        "success"
+    );
+    let st = s.ok(
+        "bdev_raid1_fail_member",
+        json!({"name": "r", "member": "b"}),
+    );
     assert_eq!(st["degraded"], true, "{st}");
-    assert_eq!(s.ok("bdev_io", json!({"name": "r", "op": "write", "offset_blocks": 64, "num_blocks": 64, "seed": 2}))["status"], "success");
-    assert_eq!(s.ok("bdev_io", json!({"name": "r", "op": "verify", "offset_blocks": 0, "num_blocks": 64, "seed": 1}))["mismatched_blocks"], 0);
+    assert_eq!(
+        s.ok(
+            "bdev_io",
+            json!({"name": "r", "op": "write", "offset_blocks": 64, "num_blocks": 64, "seed": 2})
+        )["status"],
+        "success"
+    );
+    assert_eq!(
+        s.ok(
+            "bdev_io",
+            json!({"name": "r", "op": "verify", "offset_blocks": 0, "num_blocks": 64, "seed": 1})
+        )["mismatched_blocks"],
+        0
+    );
     // Replace the failed member with a new one: rebuilt in the background.
-    s.ok("bdev_raid1_remove_member", json!({"name": "r", "member": "b"}));
+    s.ok(
+        "bdev_raid1_remove_member",
+        json!({"name": "r", "member": "b"}),
+    );
     s.ok("bdev_raid1_add_member", json!({"name": "r", "member": "c"}));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -179,8 +237,17 @@ fn member_failure_and_bad_requests_through_rpc() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // The rebuilt member carries the data: fail the old one and read.
-    s.ok("bdev_raid1_fail_member", json!({"name": "r", "member": "a"}));
-    assert_eq!(s.ok("bdev_io", json!({"name": "r", "op": "verify", "offset_blocks": 64, "num_blocks": 64, "seed": 2}))["mismatched_blocks"], 0);
+    s.ok(
+        "bdev_raid1_fail_member",
+        json!({"name": "r", "member": "a"}),
+    );
+    assert_eq!(
+        s.ok(
+            "bdev_io",
+            json!({"name": "r", "op": "verify", "offset_blocks": 64, "num_blocks": 64, "seed": 2})
+        )["mismatched_blocks"],
+        0
+    );
     // The array is deletable; its members are released.
     s.ok("bdev_delete", json!({"name": "r"}));
     s.ok("bdev_delete", json!({"name": "c"}));

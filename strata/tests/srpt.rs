@@ -31,17 +31,40 @@ fn srpt_rpcs_validate_claim_and_save() {
     let (_, m) = bad(json!({"provider": "carrier-pigeon"}));
     assert!(m.starts_with("invalid parameter `provider`"), "{m}");
     // Nothing was left claimed by the failed attempts.
-    assert_eq!(s.ok("bdev_get_bdevs", json!({"name": "Malloc0"}))[0]["claimed"], false);
+    assert_eq!(
+        s.ok("bdev_get_bdevs", json!({"name": "Malloc0"}))[0]["claimed"],
+        false
+    );
 
     assert_eq!(s.ok("srpt_target_create", good.clone()), json!("t0"));
-    assert_eq!(s.ok("bdev_get_bdevs", json!({"name": "Malloc0"}))[0]["claimed_by"], "srpt:t0");
-    assert_eq!(s.call("srpt_target_create", good.clone()).unwrap_err().0, -32002);
+    assert_eq!(
+        s.ok("bdev_get_bdevs", json!({"name": "Malloc0"}))[0]["claimed_by"],
+        "srpt:t0"
+    );
+    assert_eq!(
+        s.call("srpt_target_create", good.clone()).unwrap_err().0,
+        -32002
+    );
     let sess = s.ok("srpt_get_sessions", json!({}));
     assert_eq!(sess.as_array().unwrap().len(), 1, "{sess}");
     let saved = s.ok("save_config", json!({}));
-    assert!(saved["calls"].as_array().unwrap().iter().any(|c| c["method"] == "srpt_target_create" && c["params"]["name"] == "t0"));
-    assert_eq!(s.call("bdev_delete", json!({"name": "Malloc0"})).unwrap_err().0, -32003);
+    assert!(saved["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["method"] == "srpt_target_create" && c["params"]["name"] == "t0"));
+    assert_eq!(
+        s.call("bdev_delete", json!({"name": "Malloc0"}))
+            .unwrap_err()
+            .0,
+        -32003
+    );
     s.ok("srpt_target_delete", json!({"name": "t0"}));
-    assert_eq!(s.call("srpt_target_delete", json!({"name": "t0"})).unwrap_err().0, -32001);
+    assert_eq!(
+        s.call("srpt_target_delete", json!({"name": "t0"}))
+            .unwrap_err()
+            .0,
+        -32001
+    );
     s.ok("bdev_delete", json!({"name": "Malloc0"}));
 }

@@ -19,7 +19,10 @@ use std::sync::Arc;
 use super::port::{Done, Port, SubmitErr, KIND_USER};
 use super::shared::Shared;
 use super::MAX_MEMBERS;
-use crate::{validate, BdevChannel, BdevInfo, CompletionQueue, IoRequest, IoStatus, IoType, IoVec, QueueFull, Slab};
+use crate::{
+    validate, BdevChannel, BdevInfo, CompletionQueue, IoRequest, IoStatus, IoType, IoVec,
+    QueueFull, Slab,
+};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Phase {
@@ -115,11 +118,16 @@ impl Raid1Channel {
             port: Port::new(Arc::clone(&shared)),
             shared,
             ops: Slab::with_capacity(depth),
-            iovs: (0..depth).map(|_| Vec::with_capacity(info.max_segments)).collect(),
+            iovs: (0..depth)
+                .map(|_| Vec::with_capacity(info.max_segments))
+                .collect(),
             waitq: VecDeque::with_capacity(depth),
             cq: CompletionQueue::with_capacity(depth),
             dones: Vec::with_capacity(depth * (MAX_MEMBERS + 1)),
-            view: View { gen: u64::MAX, ..View::default() },
+            view: View {
+                gen: u64::MAX,
+                ..View::default()
+            },
             last_end: [u64::MAX; MAX_MEMBERS],
             last: 0,
             info,
@@ -162,11 +170,29 @@ impl Raid1Channel {
     }
 
     fn step(&mut self, s: u32) {
-        let Raid1Channel { port, shared, iovs, view, last_end, last, ops, waitq, cq, .. } = self;
+        let Raid1Channel {
+            port,
+            shared,
+            iovs,
+            view,
+            last_end,
+            last,
+            ops,
+            waitq,
+            cq,
+            ..
+        } = self;
         // The op is stepped in place: copying it out and back costs a
         // store-forwarding stall behind the child's data copy.
         let Some(op) = ops.get_mut(s) else { return };
-        let cx = Cx { port, sh: shared, iovs: &iovs[s as usize], view, last_end, last };
+        let cx = Cx {
+            port,
+            sh: shared,
+            iovs: &iovs[s as usize],
+            view,
+            last_end,
+            last,
+        };
         match step_op(cx, s, op) {
             Next::Done(st) => {
                 let tag = op.tag;
@@ -188,7 +214,13 @@ impl Raid1Channel {
             return;
         }
         let s = d.idx;
-        let Raid1Channel { port, shared, ops, cq, .. } = self;
+        let Raid1Channel {
+            port,
+            shared,
+            ops,
+            cq,
+            ..
+        } = self;
         let Some(op) = ops.get_mut(s) else { return };
         let bit = 1u8 << d.member;
         let ok = d.status.is_ok() && d.current;
@@ -203,7 +235,11 @@ impl Raid1Channel {
                         shared.fail_io(d.member, "write failed");
                     }
                     op.bad |= bit;
-                    op.err = if d.current { d.status } else { IoStatus::PathError };
+                    op.err = if d.current {
+                        d.status
+                    } else {
+                        IoStatus::PathError
+                    };
                 }
                 if op.pending == 0 && op.to_issue == 0 {
                     op.phase = Phase::Finish;
@@ -225,7 +261,11 @@ impl Raid1Channel {
                     if d.current {
                         op.bad |= bit;
                     }
-                    op.err = if d.current { d.status } else { IoStatus::PathError };
+                    op.err = if d.current {
+                        d.status
+                    } else {
+                        IoStatus::PathError
+                    };
                     op.phase = Phase::Read;
                 }
                 step = true;
@@ -271,7 +311,14 @@ struct Cx<'a> {
 }
 
 fn step_op(cx: Cx<'_>, s: u32, op: &mut Op) -> Next {
-    let Cx { port, sh, iovs, view, last_end, last } = cx;
+    let Cx {
+        port,
+        sh,
+        iovs,
+        view,
+        last_end,
+        last,
+    } = cx;
     loop {
         match op.phase {
             Phase::Acquire => {
@@ -339,8 +386,18 @@ fn step_op(cx: Cx<'_>, s: u32, op: &mut Op) -> Next {
                 op.phase = Phase::Issue;
             }
             Phase::Issue => {
-                let off = if op.io_type.has_range() { op.offset + sh.layout.data_offset } else { 0 };
-                let req = IoRequest { io_type: op.io_type, offset_blocks: off, num_blocks: op.num, iovs, fua: op.fua };
+                let off = if op.io_type.has_range() {
+                    op.offset + sh.layout.data_offset
+                } else {
+                    0
+                };
+                let req = IoRequest {
+                    io_type: op.io_type,
+                    offset_blocks: off,
+                    num_blocks: op.num,
+                    iovs,
+                    fua: op.fua,
+                };
                 // Masks in locals: the loop does not reload them from
                 // the op between child submits.
                 let mut left = op.to_issue;
@@ -372,16 +429,21 @@ fn step_op(cx: Cx<'_>, s: u32, op: &mut Op) -> Next {
                 }
                 op.phase = Phase::Finish;
             }
-            Phase::InFlight | Phase::ReadInFlight | Phase::RepairReadInFlight | Phase::RepairWriteInFlight => {
-                return Next::InFlight
-            }
+            Phase::InFlight
+            | Phase::ReadInFlight
+            | Phase::RepairReadInFlight
+            | Phase::RepairWriteInFlight => return Next::InFlight,
             Phase::Finish => {
                 release_shared(sh, op);
                 if op.io_type == IoType::Reset {
                     return Next::Done(IoStatus::Success);
                 }
                 if op.ok & op.insync == 0 {
-                    return Next::Done(if op.err.is_ok() { IoStatus::PathError } else { op.err });
+                    return Next::Done(if op.err.is_ok() {
+                        IoStatus::PathError
+                    } else {
+                        op.err
+                    });
                 }
                 op.sb_need = sh.fail_gen.load(Acquire);
                 op.phase = Phase::WaitSb;
@@ -396,7 +458,11 @@ fn step_op(cx: Cx<'_>, s: u32, op: &mut Op) -> Next {
             Phase::Read => {
                 let sources = view.read & !op.tried;
                 if sources == 0 {
-                    return Next::Done(if op.err.is_ok() { IoStatus::PathError } else { op.err });
+                    return Next::Done(if op.err.is_ok() {
+                        IoStatus::PathError
+                    } else {
+                        op.err
+                    });
                 }
                 let m = pick(sh, view, &port.outstanding, last_end, *last, op, sources);
                 let req = IoRequest::read(op.offset + sh.layout.data_offset, op.num, iovs);
@@ -504,7 +570,10 @@ fn pick(
     op: &Op,
     sources: u8,
 ) -> usize {
-    if view.resync && op.r_last >= sh.resync_cursor.load(Acquire) && sources & (1 << view.primary) != 0 {
+    if view.resync
+        && op.r_last >= sh.resync_cursor.load(Acquire)
+        && sources & (1 << view.primary) != 0
+    {
         return view.primary;
     }
     let mut cand = sources & view.fast;
@@ -553,15 +622,25 @@ impl BdevChannel for Raid1Channel {
         }
         let sh = &self.shared;
         let ranged = req.io_type.has_range();
-        let (r_first, r_last) =
-            if ranged { (sh.region_of(req.offset_blocks), sh.region_of(req.offset_blocks + req.num_blocks - 1)) } else { (1, 0) };
+        let (r_first, r_last) = if ranged {
+            (
+                sh.region_of(req.offset_blocks),
+                sh.region_of(req.offset_blocks + req.num_blocks - 1),
+            )
+        } else {
+            (1, 0)
+        };
         let op = Op {
             tag,
             io_type: req.io_type,
             offset: req.offset_blocks,
             num: req.num_blocks,
             fua: req.fua,
-            phase: if req.io_type == IoType::Read { Phase::Read } else { Phase::Acquire },
+            phase: if req.io_type == IoType::Read {
+                Phase::Read
+            } else {
+                Phase::Acquire
+            },
             waiting: false,
             r_first,
             r_last,
@@ -578,7 +657,9 @@ impl BdevChannel for Raid1Channel {
             err: IoStatus::Success,
             sb_need: 0,
         };
-        let Ok(s) = self.ops.insert(op) else { return Err(QueueFull) };
+        let Ok(s) = self.ops.insert(op) else {
+            return Err(QueueFull);
+        };
         let v = &mut self.iovs[s as usize];
         v.clear();
         match req.iovs {
@@ -600,7 +681,9 @@ impl BdevChannel for Raid1Channel {
         }
         self.dones = dones;
         for _ in 0..self.waitq.len() {
-            let Some(s) = self.waitq.pop_front() else { break };
+            let Some(s) = self.waitq.pop_front() else {
+                break;
+            };
             match self.ops.get_mut(s) {
                 Some(o) if o.waiting => o.waiting = false,
                 _ => continue,

@@ -91,8 +91,8 @@ use serde_json::{json, Value};
 
 use crate::AlignedBuf;
 use crate::{
-    check_name, format_uuid, open_channel, uuid_from_name, Bdev, BdevChannel, BdevError, BdevInfo, BdevRegistry,
-    BdevStats, Capabilities, Channel, IoRequest, IoStatus, QueueFull, MAX_SEGMENTS,
+    check_name, format_uuid, open_channel, uuid_from_name, Bdev, BdevChannel, BdevError, BdevInfo,
+    BdevRegistry, BdevStats, Capabilities, Channel, IoRequest, IoStatus, QueueFull, MAX_SEGMENTS,
 };
 
 mod channel;
@@ -102,7 +102,10 @@ pub mod sb;
 mod shared;
 
 pub use rebuild::{RebuildTask, DEFAULT_CLEAR_INTERVAL};
-use sb::{Layout, Superblock, ROLE_EMPTY, ROLE_FAULTY, ROLE_IN_SYNC, ROLE_RECOVER_BITMAP, ROLE_RECOVER_FULL};
+use sb::{
+    Layout, Superblock, ROLE_EMPTY, ROLE_FAULTY, ROLE_IN_SYNC, ROLE_RECOVER_BITMAP,
+    ROLE_RECOVER_FULL,
+};
 use shared::{state_name, Shared, ROLE_MISSING};
 
 /// Most members of one array.
@@ -166,7 +169,10 @@ pub struct Raid1Bdev {
 fn new_uuid(what: &str) -> [u8; 16] {
     use std::sync::atomic::AtomicU64;
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     let seq = SEQ.fetch_add(1, Relaxed);
     uuid_from_name("raid1", &format!("{what}/{t}/{seq}/{}", std::process::id()))
 }
@@ -182,7 +188,10 @@ fn sync_io(ch: &mut Channel, req: &IoRequest<'_>) -> Result<IoStatus, BdevError>
             Err(QueueFull) => {
                 ch.poll(&mut |_, _| {});
                 if std::time::Instant::now() > end {
-                    return Err(BdevError::Other(format!("{}: queue stayed full", ch.info().name)));
+                    return Err(BdevError::Other(format!(
+                        "{}: queue stayed full",
+                        ch.info().name
+                    )));
                 }
             }
         }
@@ -198,7 +207,10 @@ fn sync_io(ch: &mut Channel, req: &IoRequest<'_>) -> Result<IoStatus, BdevError>
             if std::time::Instant::now() > end {
                 // The buffer is leaked by the caller's contract being
                 // unenforceable here; report the hang instead of waiting.
-                return Err(BdevError::Other(format!("{}: metadata I/O timed out", ch.info().name)));
+                return Err(BdevError::Other(format!(
+                    "{}: metadata I/O timed out",
+                    ch.info().name
+                )));
             }
             std::thread::yield_now();
         }
@@ -213,7 +225,11 @@ fn read_blocks(bdev: &Arc<dyn Bdev>, lba: u64, n: u64) -> Result<AlignedBuf, Bde
     let v = [buf.iovec(0, buf.len())];
     let st = sync_io(&mut ch, &IoRequest::read(lba, n, &v))?;
     if !st.is_ok() {
-        return Err(BdevError::Other(format!("member `{}`: metadata read failed: {}", bdev.info().name, st.name())));
+        return Err(BdevError::Other(format!(
+            "member `{}`: metadata read failed: {}",
+            bdev.info().name,
+            st.name()
+        )));
     }
     Ok(buf)
 }
@@ -225,11 +241,22 @@ fn read_superblock(bdev: &Arc<dyn Bdev>) -> Result<Option<Superblock>, BdevError
         return Ok(None);
     }
     let buf = read_blocks(bdev, 0, n)?;
-    Superblock::decode(buf.as_slice())
-        .map_err(|e| BdevError::param("members", format!("member `{}`: {e} (pass format to overwrite)", bdev.info().name)))
+    Superblock::decode(buf.as_slice()).map_err(|e| {
+        BdevError::param(
+            "members",
+            format!(
+                "member `{}`: {e} (pass format to overwrite)",
+                bdev.info().name
+            ),
+        )
+    })
 }
 
-fn check_member_fits(b: &Arc<dyn Bdev>, data_offset: u64, data_blocks: u64) -> Result<(), BdevError> {
+fn check_member_fits(
+    b: &Arc<dyn Bdev>,
+    data_offset: u64,
+    data_blocks: u64,
+) -> Result<(), BdevError> {
     let i = b.info();
     if i.num_blocks < data_offset + data_blocks.max(1) {
         return Err(BdevError::param(
@@ -245,7 +272,10 @@ fn check_member_fits(b: &Arc<dyn Bdev>, data_offset: u64, data_blocks: u64) -> R
         ));
     }
     if i.caps.read_only {
-        return Err(BdevError::param("members", format!("member `{}` is read-only", i.name)));
+        return Err(BdevError::param(
+            "members",
+            format!("member `{}` is read-only", i.name),
+        ));
     }
     Ok(())
 }
@@ -253,20 +283,35 @@ fn check_member_fits(b: &Arc<dyn Bdev>, data_offset: u64, data_blocks: u64) -> R
 /// Creates (formats) or reassembles an array over `members`; see the
 /// module docs for the rules. `params.members` is informational (the
 /// registry helpers fill it); `members` are the bdevs.
-pub fn create(params: &CreateParams, members: Vec<Arc<dyn Bdev>>) -> Result<Arc<Raid1Bdev>, BdevError> {
+pub fn create(
+    params: &CreateParams,
+    members: Vec<Arc<dyn Bdev>>,
+) -> Result<Arc<Raid1Bdev>, BdevError> {
     check_name(&params.name)?;
     if members.is_empty() {
-        return Err(BdevError::param("members", "a raid1 needs at least one member (none given)"));
+        return Err(BdevError::param(
+            "members",
+            "a raid1 needs at least one member (none given)",
+        ));
     }
     if members.len() > MAX_MEMBERS {
-        return Err(BdevError::param("members", format!("at most {MAX_MEMBERS} members, {} given", members.len())));
+        return Err(BdevError::param(
+            "members",
+            format!("at most {MAX_MEMBERS} members, {} given", members.len()),
+        ));
     }
     for (i, a) in members.iter().enumerate() {
         if members[..i].iter().any(|b| b.info().name == a.info().name) {
-            return Err(BdevError::param("members", format!("member `{}` is listed twice", a.info().name)));
+            return Err(BdevError::param(
+                "members",
+                format!("member `{}` is listed twice", a.info().name),
+            ));
         }
         if a.info().name == params.name {
-            return Err(BdevError::param("members", "a raid1 cannot be its own member"));
+            return Err(BdevError::param(
+                "members",
+                "a raid1 cannot be its own member",
+            ));
         }
     }
     let bs = members[0].info().block_size;
@@ -283,12 +328,16 @@ pub fn create(params: &CreateParams, members: Vec<Arc<dyn Bdev>>) -> Result<Arc<
     }
     for w in &params.write_mostly {
         if !members.iter().any(|b| b.info().name == *w) {
-            return Err(BdevError::param("write_mostly", format!("`{w}` is not a member")));
+            return Err(BdevError::param(
+                "write_mostly",
+                format!("`{w}` is not a member"),
+            ));
         }
     }
     let chunk_kb = params.bitmap_chunk_kb.unwrap_or(DEFAULT_BITMAP_CHUNK_KB);
     let chunk_bytes = chunk_kb.saturating_mul(1024);
-    if chunk_kb == 0 || !chunk_kb.is_power_of_two() || chunk_bytes < bs as u64 || chunk_kb > 1 << 20 {
+    if chunk_kb == 0 || !chunk_kb.is_power_of_two() || chunk_bytes < bs as u64 || chunk_kb > 1 << 20
+    {
         return Err(BdevError::param(
             "bitmap_chunk_kb",
             format!("{chunk_kb} must be a power of two between the block size and 1 GiB"),
@@ -297,7 +346,10 @@ pub fn create(params: &CreateParams, members: Vec<Arc<dyn Bdev>>) -> Result<Arc<
     let sbs: Vec<Option<Superblock>> = if params.format {
         vec![None; members.len()]
     } else {
-        members.iter().map(read_superblock).collect::<Result<_, _>>()?
+        members
+            .iter()
+            .map(read_superblock)
+            .collect::<Result<_, _>>()?
     };
     let shared = if sbs.iter().all(|s| s.is_none()) {
         format(params, &members, chunk_bytes)?
@@ -327,21 +379,46 @@ pub fn create(params: &CreateParams, members: Vec<Arc<dyn Bdev>>) -> Result<Arc<
         num_blocks: shared.data_blocks,
         uuid: shared.uuid,
         caps,
-        buf_align: members.iter().map(|b| b.info().buf_align).max().unwrap_or(1),
-        max_segments: members.iter().map(|b| b.info().max_segments).min().unwrap_or(1).min(MAX_SEGMENTS),
+        buf_align: members
+            .iter()
+            .map(|b| b.info().buf_align)
+            .max()
+            .unwrap_or(1),
+        max_segments: members
+            .iter()
+            .map(|b| b.info().max_segments)
+            .min()
+            .unwrap_or(1)
+            .min(MAX_SEGMENTS),
         queue_depth: QUEUE_DEPTH,
     };
     tracing::info!(raid1 = %params.name, uuid = %format_uuid(&shared.uuid), members = members.len(),
         degraded = shared.degraded(), resync = shared.resync_active.load(Relaxed), "raid1 started");
-    Ok(Arc::new(Raid1Bdev { info, stats: BdevStats::default(), shared, control: Mutex::new(()) }))
+    Ok(Arc::new(Raid1Bdev {
+        info,
+        stats: BdevStats::default(),
+        shared,
+        control: Mutex::new(()),
+    }))
 }
 
-fn format(params: &CreateParams, members: &[Arc<dyn Bdev>], chunk_bytes: u64) -> Result<Shared, BdevError> {
+fn format(
+    params: &CreateParams,
+    members: &[Arc<dyn Bdev>],
+    chunk_bytes: u64,
+) -> Result<Shared, BdevError> {
     if members.len() < 2 {
-        return Err(BdevError::param("members", "a new raid1 needs at least 2 members"));
+        return Err(BdevError::param(
+            "members",
+            "a new raid1 needs at least 2 members",
+        ));
     }
     let bs = members[0].info().block_size;
-    let min_blocks = members.iter().map(|b| b.info().num_blocks).min().unwrap_or(0);
+    let min_blocks = members
+        .iter()
+        .map(|b| b.info().num_blocks)
+        .min()
+        .unwrap_or(0);
     let layout = Layout::new(bs, min_blocks, chunk_bytes);
     for b in members {
         check_member_fits(b, layout.data_offset, 1)?;
@@ -354,9 +431,14 @@ fn format(params: &CreateParams, members: &[Arc<dyn Bdev>], chunk_bytes: u64) ->
         for (m, b) in members.iter().enumerate() {
             let r = &sh.roles[m];
             r.set_uuid(&new_uuid(&b.info().name));
-            r.write_mostly.store(params.write_mostly.contains(&b.info().name), Relaxed);
+            r.write_mostly
+                .store(params.write_mostly.contains(&b.info().name), Relaxed);
             r.slot_gen.store(1, Release);
-            let st = if params.initial_sync && m > 0 { ROLE_RECOVER_FULL } else { ROLE_IN_SYNC };
+            let st = if params.initial_sync && m > 0 {
+                ROLE_RECOVER_FULL
+            } else {
+                ROLE_IN_SYNC
+            };
             r.state.store(st, Release);
             table[m] = Some(Arc::clone(b));
         }
@@ -370,9 +452,17 @@ fn format(params: &CreateParams, members: &[Arc<dyn Bdev>], chunk_bytes: u64) ->
     Arc::try_unwrap(sh).map_err(|_| BdevError::Other("raid1: internal reference leak".into()))
 }
 
-fn assemble(params: &CreateParams, members: &[Arc<dyn Bdev>], sbs: &[Option<Superblock>]) -> Result<Shared, BdevError> {
+fn assemble(
+    params: &CreateParams,
+    members: &[Arc<dyn Bdev>],
+    sbs: &[Option<Superblock>],
+) -> Result<Shared, BdevError> {
     let name_of = |i: usize| members[i].info().name.clone();
-    let first = sbs.iter().flatten().next().ok_or_else(|| BdevError::Other("raid1: no superblock".into()))?;
+    let first = sbs
+        .iter()
+        .flatten()
+        .next()
+        .ok_or_else(|| BdevError::Other("raid1: no superblock".into()))?;
     for (i, s) in sbs.iter().enumerate() {
         match s {
             None => {
@@ -405,27 +495,54 @@ fn assemble(params: &CreateParams, members: &[Arc<dyn Bdev>], sbs: &[Option<Supe
         }
     }
     let sbs: Vec<&Superblock> = sbs.iter().flatten().collect();
-    let fresh = sbs.iter().copied().max_by_key(|s| s.events).unwrap_or(first);
+    let fresh = sbs
+        .iter()
+        .copied()
+        .max_by_key(|s| s.events)
+        .unwrap_or(first);
     let bs = members[0].info().block_size;
     if fresh.block_size != bs {
         return Err(BdevError::param(
             "members",
-            format!("array `{}` was made of {}-byte blocks, members have {bs}", fresh.name, fresh.block_size),
+            format!(
+                "array `{}` was made of {}-byte blocks, members have {bs}",
+                fresh.name, fresh.block_size
+            ),
         ));
     }
     let layout = Layout::new(bs, 1, fresh.chunk_bytes);
-    let layout = Layout { bitmap_offset: fresh.bitmap_offset, data_offset: fresh.data_offset, ..layout };
+    let layout = Layout {
+        bitmap_offset: fresh.bitmap_offset,
+        data_offset: fresh.data_offset,
+        ..layout
+    };
     for (i, s) in sbs.iter().enumerate() {
-        if (s.data_offset, s.data_blocks, s.chunk_bytes, s.regions, s.bitmap_offset)
-            != (fresh.data_offset, fresh.data_blocks, fresh.chunk_bytes, fresh.regions, fresh.bitmap_offset)
-        {
-            return Err(BdevError::param("members", format!("member `{}` has a different array geometry", name_of(i))));
+        if (
+            s.data_offset,
+            s.data_blocks,
+            s.chunk_bytes,
+            s.regions,
+            s.bitmap_offset,
+        ) != (
+            fresh.data_offset,
+            fresh.data_blocks,
+            fresh.chunk_bytes,
+            fresh.regions,
+            fresh.bitmap_offset,
+        ) {
+            return Err(BdevError::param(
+                "members",
+                format!("member `{}` has a different array geometry", name_of(i)),
+            ));
         }
         check_member_fits(&members[i], fresh.data_offset, fresh.data_blocks)?;
     }
     let sh = Shared::new(&params.name, fresh.uuid, layout, fresh.data_blocks);
     if sh.regions != fresh.regions {
-        return Err(BdevError::param("members", "superblock region count does not match its geometry"));
+        return Err(BdevError::param(
+            "members",
+            "superblock region count does not match its geometry",
+        ));
     }
     let nroles = fresh.num_roles as usize;
     sh.num_roles.store(nroles, Release);
@@ -434,7 +551,14 @@ fn assemble(params: &CreateParams, members: &[Arc<dyn Bdev>], sbs: &[Option<Supe
         let r = &sh.roles[m];
         r.set_uuid(&e.dev_uuid);
         r.write_mostly.store(e.write_mostly, Relaxed);
-        r.state.store(if e.state == ROLE_EMPTY { ROLE_EMPTY } else { ROLE_MISSING }, Release);
+        r.state.store(
+            if e.state == ROLE_EMPTY {
+                ROLE_EMPTY
+            } else {
+                ROLE_MISSING
+            },
+            Release,
+        );
     }
     let mut present: Vec<Option<usize>> = vec![None; MAX_MEMBERS];
     for (i, s) in sbs.iter().enumerate() {
@@ -454,7 +578,11 @@ fn assemble(params: &CreateParams, members: &[Arc<dyn Bdev>], sbs: &[Option<Supe
         if let Some(j) = present[role] {
             return Err(BdevError::param(
                 "members",
-                format!("members `{}` and `{}` both claim role {role}", name_of(j), name_of(i)),
+                format!(
+                    "members `{}` and `{}` both claim role {role}",
+                    name_of(j),
+                    name_of(i)
+                ),
             ));
         }
         present[role] = Some(i);
@@ -475,7 +603,9 @@ fn assemble(params: &CreateParams, members: &[Arc<dyn Bdev>], sbs: &[Option<Supe
         }
         sh.members()[role] = Some(Arc::clone(&members[i]));
     }
-    let in_sync: Vec<usize> = (0..nroles).filter(|&m| sh.state(m) == ROLE_IN_SYNC).collect();
+    let in_sync: Vec<usize> = (0..nroles)
+        .filter(|&m| sh.state(m) == ROLE_IN_SYNC)
+        .collect();
     if in_sync.is_empty() {
         return Err(BdevError::param(
             "members",
@@ -527,7 +657,12 @@ impl Raid1Bdev {
         let table = self.shared.members();
         (0..MAX_MEMBERS)
             .find(|&m| table[m].as_ref().is_some_and(|b| b.info().name == name))
-            .ok_or_else(|| BdevError::param("member", format!("`{name}` is not a member of raid1 `{}`", self.info.name)))
+            .ok_or_else(|| {
+                BdevError::param(
+                    "member",
+                    format!("`{name}` is not a member of raid1 `{}`", self.info.name),
+                )
+            })
     }
 
     fn sync_sb(&self) -> Result<(), BdevError> {
@@ -541,7 +676,12 @@ impl Raid1Bdev {
 
     /// Names of the attached members, by role.
     pub fn member_names(&self) -> Vec<String> {
-        self.shared.members().iter().flatten().map(|b| b.info().name.clone()).collect()
+        self.shared
+            .members()
+            .iter()
+            .flatten()
+            .map(|b| b.info().name.clone())
+            .collect()
     }
 
     /// Adds a member: a member that left this array (its superblock names
@@ -555,20 +695,35 @@ impl Raid1Bdev {
         if i.block_size != self.info.block_size {
             return Err(BdevError::param(
                 "member",
-                format!("`{}` has {}-byte blocks, raid1 `{}` has {}", i.name, i.block_size, self.info.name, self.info.block_size),
+                format!(
+                    "`{}` has {}-byte blocks, raid1 `{}` has {}",
+                    i.name, i.block_size, self.info.name, self.info.block_size
+                ),
             ));
         }
         check_member_fits(&bdev, sh.layout.data_offset, sh.data_blocks)?;
         let c = &self.info.caps;
-        if (c.unmap && !i.caps.unmap) || (c.write_zeroes && !i.caps.write_zeroes) || (c.fua && !i.caps.fua) {
-            return Err(BdevError::param("member", format!("`{}` lacks capabilities the array offers", i.name)));
+        if (c.unmap && !i.caps.unmap)
+            || (c.write_zeroes && !i.caps.write_zeroes)
+            || (c.fua && !i.caps.fua)
+        {
+            return Err(BdevError::param(
+                "member",
+                format!("`{}` lacks capabilities the array offers", i.name),
+            ));
         }
         if i.buf_align > self.info.buf_align || i.max_segments < self.info.max_segments {
-            return Err(BdevError::param("member", format!("`{}` needs stricter buffers than the array offers", i.name)));
+            return Err(BdevError::param(
+                "member",
+                format!("`{}` needs stricter buffers than the array offers", i.name),
+            ));
         }
         if let Ok(m) = self.find(&i.name) {
             if sh.state(m) != ROLE_FAULTY {
-                return Err(BdevError::param("member", format!("`{}` is already a member", i.name)));
+                return Err(BdevError::param(
+                    "member",
+                    format!("`{}` is already a member", i.name),
+                ));
             }
             // Re-add of a faulty member: detach, then attach again below.
             self.detach(m);
@@ -577,7 +732,11 @@ impl Raid1Bdev {
         let n = sh.nroles();
         let readd = old.as_ref().and_then(|s| {
             let m = s.role as usize;
-            (s.uuid == sh.uuid && m < n && sh.roles[m].uuid() == s.dev_uuid && sh.state(m) == ROLE_MISSING).then_some(m)
+            (s.uuid == sh.uuid
+                && m < n
+                && sh.roles[m].uuid() == s.dev_uuid
+                && sh.state(m) == ROLE_MISSING)
+                .then_some(m)
         });
         let (m, state) = match readd {
             Some(m) => (m, ROLE_RECOVER_BITMAP),
@@ -586,7 +745,15 @@ impl Raid1Bdev {
                 let m = match free {
                     Some(m) => m,
                     None if n < MAX_MEMBERS => n,
-                    None => return Err(BdevError::param("member", format!("raid1 `{}` has {MAX_MEMBERS} members already", self.info.name))),
+                    None => {
+                        return Err(BdevError::param(
+                            "member",
+                            format!(
+                                "raid1 `{}` has {MAX_MEMBERS} members already",
+                                self.info.name
+                            ),
+                        ))
+                    }
                 };
                 sh.roles[m].set_uuid(&new_uuid(&i.name));
                 (m, ROLE_RECOVER_FULL)
@@ -631,9 +798,17 @@ impl Raid1Bdev {
         let m = self.find(name)?;
         let sh = &self.shared;
         if sh.state(m) == ROLE_IN_SYNC && sh.read_sources() == 1 << m {
-            return Err(BdevError::param("member", format!("`{name}` is the last in-sync member of `{}`", self.info.name)));
+            return Err(BdevError::param(
+                "member",
+                format!(
+                    "`{name}` is the last in-sync member of `{}`",
+                    self.info.name
+                ),
+            ));
         }
-        let old = self.detach(m).ok_or_else(|| BdevError::Gone(name.to_string()))?;
+        let old = self
+            .detach(m)
+            .ok_or_else(|| BdevError::Gone(name.to_string()))?;
         tracing::info!(raid1 = %self.info.name, member = %name, "member removed");
         self.sync_sb()?;
         Ok(old)
@@ -650,7 +825,10 @@ impl Raid1Bdev {
             ROLE_IN_SYNC if sh.read_sources() == 1 << m => {
                 return Err(BdevError::param(
                     "member",
-                    format!("`{name}` is the last in-sync member of `{}`", self.info.name),
+                    format!(
+                        "`{name}` is the last in-sync member of `{}`",
+                        self.info.name
+                    ),
                 ))
             }
             _ => {}
@@ -754,7 +932,10 @@ impl Bdev for Raid1Bdev {
         &self.info
     }
     fn open_module_channel(&self) -> Result<Box<dyn BdevChannel>, BdevError> {
-        Ok(Box::new(channel::Raid1Channel::new(Arc::clone(&self.shared), self.info.clone())))
+        Ok(Box::new(channel::Raid1Channel::new(
+            Arc::clone(&self.shared),
+            self.info.clone(),
+        )))
     }
     fn base_bdevs(&self) -> Vec<String> {
         self.member_names()
@@ -776,16 +957,23 @@ impl Bdev for Raid1Bdev {
 }
 
 fn get_raid(reg: &BdevRegistry, name: &str) -> Result<Arc<dyn Bdev>, BdevError> {
-    let b = reg.get(name).map_err(|e| BdevError::param("name", e.to_string()))?;
+    let b = reg
+        .get(name)
+        .map_err(|e| BdevError::param("name", e.to_string()))?;
     if b.as_any().downcast_ref::<Raid1Bdev>().is_none() {
-        return Err(BdevError::param("name", format!("`{name}` is not a raid1 bdev")));
+        return Err(BdevError::param(
+            "name",
+            format!("`{name}` is not a raid1 bdev"),
+        ));
     }
     Ok(b)
 }
 
 fn raid(b: &Arc<dyn Bdev>) -> &Raid1Bdev {
     // Checked by get_raid.
-    b.as_any().downcast_ref::<Raid1Bdev>().expect("checked raid1")
+    b.as_any()
+        .downcast_ref::<Raid1Bdev>()
+        .expect("checked raid1")
 }
 
 fn record_params(reg: &BdevRegistry, r: &Raid1Bdev) {
@@ -805,20 +993,35 @@ fn record_params(reg: &BdevRegistry, r: &Raid1Bdev) {
 pub fn rpc_create(reg: &BdevRegistry, params: &CreateParams) -> Result<Arc<Raid1Bdev>, BdevError> {
     check_name(&params.name)?;
     if params.members.is_empty() {
-        return Err(BdevError::param("members", "a raid1 needs at least one member (none given)"));
+        return Err(BdevError::param(
+            "members",
+            "a raid1 needs at least one member (none given)",
+        ));
     }
-    reg.check_new(&params.name, &params.members).map_err(|e| BdevError::param("members", e.to_string()))?;
+    reg.check_new(&params.name, &params.members)
+        .map_err(|e| BdevError::param("members", e.to_string()))?;
     let members = params
         .members
         .iter()
-        .map(|n| reg.get(n).map_err(|e| BdevError::param("members", e.to_string())))
+        .map(|n| {
+            reg.get(n)
+                .map_err(|e| BdevError::param("members", e.to_string()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let r = create(params, members)?;
     let dynr: Arc<dyn Bdev> = r.clone();
     // Recorded for config replay: replaying must reassemble, never format.
-    let replay = CreateParams { format: false, initial_sync: false, ..params.clone() };
-    reg.add(dynr, "bdev_raid1_create", serde_json::to_value(replay).unwrap_or(Value::Null))
-        .map_err(|e| BdevError::param("members", e.to_string()))?;
+    let replay = CreateParams {
+        format: false,
+        initial_sync: false,
+        ..params.clone()
+    };
+    reg.add(
+        dynr,
+        "bdev_raid1_create",
+        serde_json::to_value(replay).unwrap_or(Value::Null),
+    )
+    .map_err(|e| BdevError::param("members", e.to_string()))?;
     Ok(r)
 }
 
@@ -828,9 +1031,11 @@ pub fn rpc_add_member(reg: &BdevRegistry, p: &MemberParams) -> Result<Value, Bde
     let r = raid(&b);
     let faulty_readd = r.find(&p.member).is_ok();
     let m = if faulty_readd {
-        reg.get(&p.member).map_err(|e| BdevError::param("member", e.to_string()))?
+        reg.get(&p.member)
+            .map_err(|e| BdevError::param("member", e.to_string()))?
     } else {
-        reg.claim(&p.member, &p.name).map_err(|e| BdevError::param("member", e.to_string()))?
+        reg.claim(&p.member, &p.name)
+            .map_err(|e| BdevError::param("member", e.to_string()))?
     };
     if let Err(e) = r.add_member(m) {
         if !faulty_readd {

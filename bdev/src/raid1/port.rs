@@ -95,7 +95,14 @@ impl Port {
             outstanding: [0; MAX_MEMBERS],
             attached: 0,
             bm: (0..BM_SLOTS)
-                .map(|_| BmSlot { active: false, block: 0, buf: AlignedBuf::new(bs), to_issue: 0, pending: 0, ok: 0 })
+                .map(|_| BmSlot {
+                    active: false,
+                    block: 0,
+                    buf: AlignedBuf::new(bs),
+                    to_issue: 0,
+                    pending: 0,
+                    ok: 0,
+                })
                 .collect(),
             sbs: SbSlot {
                 active: false,
@@ -171,7 +178,13 @@ impl Port {
     ///
     /// # Safety
     /// As [`Channel::submit`].
-    pub unsafe fn submit(&mut self, m: usize, req: &IoRequest<'_>, kind: u64, idx: u32) -> Result<(), SubmitErr> {
+    pub unsafe fn submit(
+        &mut self,
+        m: usize,
+        req: &IoRequest<'_>,
+        kind: u64,
+        idx: u32,
+    ) -> Result<(), SubmitErr> {
         // SAFETY: forwarded contract.
         unsafe { submit_to(&mut self.kids, &mut self.outstanding, m, req, kind, idx) }
     }
@@ -179,7 +192,15 @@ impl Port {
     /// Polls every child; metadata completions are handled here, the rest
     /// reported through `out`. Returns the number of completions seen.
     pub fn poll(&mut self, out: &mut dyn FnMut(Done)) -> usize {
-        let Port { shared, kids, grave, outstanding, bm, sbs, .. } = self;
+        let Port {
+            shared,
+            kids,
+            grave,
+            outstanding,
+            bm,
+            sbs,
+            ..
+        } = self;
         let mut n = 0;
         let mut handle = |d: Done, outstanding: &mut [u32; MAX_MEMBERS]| {
             if d.current {
@@ -229,8 +250,13 @@ impl Port {
         if self.bm.iter().any(|s| s.active && s.block == b) {
             return true;
         }
-        let Some(i) = self.bm.iter().position(|s| !s.active) else { return false };
-        if self.shared.bm_busy[b as usize].compare_exchange(false, true, AcqRel, Acquire).is_err() {
+        let Some(i) = self.bm.iter().position(|s| !s.active) else {
+            return false;
+        };
+        if self.shared.bm_busy[b as usize]
+            .compare_exchange(false, true, AcqRel, Acquire)
+            .is_err()
+        {
             return false;
         }
         let targets = self.live_targets();
@@ -247,17 +273,25 @@ impl Port {
 
     /// Starts a superblock write if one is wanted and none is under way.
     pub fn persist_sb(&mut self) {
-        if self.sbs.active || self.shared.sb_done.load(Acquire) >= self.shared.sb_gen.load(Acquire) {
+        if self.sbs.active || self.shared.sb_done.load(Acquire) >= self.shared.sb_gen.load(Acquire)
+        {
             return;
         }
-        if self.shared.sb_busy.compare_exchange(false, true, AcqRel, Acquire).is_err() {
+        if self
+            .shared
+            .sb_busy
+            .compare_exchange(false, true, AcqRel, Acquire)
+            .is_err()
+        {
             return;
         }
         let g = self.shared.sb_gen.load(Acquire);
         let targets = self.live_targets();
         for m in 0..MAX_MEMBERS {
             if targets & (1 << m) != 0 {
-                self.shared.superblock(m).encode(self.sbs.bufs[m].as_mut_slice());
+                self.shared
+                    .superblock(m)
+                    .encode(self.sbs.bufs[m].as_mut_slice());
             }
         }
         self.sbs.active = true;
@@ -268,7 +302,13 @@ impl Port {
     }
 
     fn issue_bm(&mut self, i: usize) {
-        let Port { shared, kids, outstanding, bm, .. } = self;
+        let Port {
+            shared,
+            kids,
+            outstanding,
+            bm,
+            ..
+        } = self;
         let s = &mut bm[i];
         let lba = shared.layout.bitmap_offset + s.block;
         let v = [s.buf.iovec(0, s.buf.len())];
@@ -295,7 +335,13 @@ impl Port {
     }
 
     fn issue_sb(&mut self) {
-        let Port { shared, kids, outstanding, sbs, .. } = self;
+        let Port {
+            shared,
+            kids,
+            outstanding,
+            sbs,
+            ..
+        } = self;
         let sb_blocks = shared.layout.sb_blocks;
         for m in 0..MAX_MEMBERS {
             if sbs.to_issue & (1 << m) == 0 {
@@ -349,7 +395,10 @@ impl Port {
             self.persist_sb();
             self.poll(&mut |_| {});
             if Instant::now() > end {
-                return Err(BdevError::Other(format!("raid1 {}: superblock update timed out", self.shared.name)));
+                return Err(BdevError::Other(format!(
+                    "raid1 {}: superblock update timed out",
+                    self.shared.name
+                )));
             }
             std::thread::yield_now();
         }
@@ -364,13 +413,19 @@ impl Port {
             while !self.persist_bitmap(b) {
                 self.poll(&mut |_| {});
                 if Instant::now() > end {
-                    return Err(BdevError::Other(format!("raid1 {}: bitmap write timed out", self.shared.name)));
+                    return Err(BdevError::Other(format!(
+                        "raid1 {}: bitmap write timed out",
+                        self.shared.name
+                    )));
                 }
             }
             while self.bm.iter().any(|s| s.active && s.block == b) {
                 self.poll(&mut |_| {});
                 if Instant::now() > end {
-                    return Err(BdevError::Other(format!("raid1 {}: bitmap write timed out", self.shared.name)));
+                    return Err(BdevError::Other(format!(
+                        "raid1 {}: bitmap write timed out",
+                        self.shared.name
+                    )));
                 }
                 std::thread::yield_now();
             }
@@ -389,7 +444,9 @@ unsafe fn submit_to(
     kind: u64,
     idx: u32,
 ) -> Result<(), SubmitErr> {
-    let Some(k) = kids[m].as_mut() else { return Err(SubmitErr::Gone) };
+    let Some(k) = kids[m].as_mut() else {
+        return Err(SubmitErr::Gone);
+    };
     // SAFETY: forwarded contract.
     match unsafe { k.ch.submit(req, tag(kind, m, k.gen, idx)) } {
         Ok(()) => {
@@ -421,7 +478,9 @@ fn meta_done(shared: &Shared, bm: &mut [BmSlot], sbs: &mut SbSlot, d: Done) {
         }
         return;
     }
-    let Some(s) = bm.get_mut(d.idx as usize) else { return };
+    let Some(s) = bm.get_mut(d.idx as usize) else {
+        return;
+    };
     s.pending = s.pending.saturating_sub(1);
     if d.status.is_ok() && d.current {
         s.ok |= 1 << d.member;

@@ -127,7 +127,8 @@ impl RebuildTask {
     pub fn has_work(&self) -> bool {
         let sh = &self.shared;
         let startable = self.blocked_at != Some(sh.events.load(Acquire))
-            && ((0..sh.nroles()).any(|m| matches!(sh.state(m), ROLE_RECOVER_FULL | ROLE_RECOVER_BITMAP))
+            && ((0..sh.nroles())
+                .any(|m| matches!(sh.state(m), ROLE_RECOVER_FULL | ROLE_RECOVER_BITMAP))
                 || sh.resync_active.load(Acquire));
         self.job.is_some()
             || startable
@@ -144,7 +145,10 @@ impl RebuildTask {
                 std::thread::yield_now();
             }
             if Instant::now() > end {
-                return Err(format!("raid1 {}: background work did not finish in {timeout:?}", self.shared.name));
+                return Err(format!(
+                    "raid1 {}: background work did not finish in {timeout:?}",
+                    self.shared.name
+                ));
             }
         }
         Ok(())
@@ -194,7 +198,9 @@ impl RebuildTask {
 
     fn start_job(&mut self) -> bool {
         let sh = &self.shared;
-        let Some(port) = self.port.as_ref() else { return false };
+        let Some(port) = self.port.as_ref() else {
+            return false;
+        };
         let events = sh.events.load(Acquire);
         if self.blocked_at == Some(events) || self.idle_events == Some(events) {
             return false;
@@ -221,7 +227,11 @@ impl RebuildTask {
             self.idle_events = Some(events);
             return false;
         }
-        let total = if full != 0 { sh.regions } else { sh.dirty_count() };
+        let total = if full != 0 {
+            sh.regions
+        } else {
+            sh.dirty_count()
+        };
         sh.job_total.store(total, Relaxed);
         sh.job_done.store(0, Relaxed);
         sh.job_active.store(true, Release);
@@ -250,13 +260,17 @@ impl RebuildTask {
 
     fn finish_job(&mut self) {
         let sh = &self.shared;
-        let Some(mut job) = self.job.take() else { return };
+        let Some(mut job) = self.job.take() else {
+            return;
+        };
         job.drop_changed(sh);
         for m in 0..MAX_MEMBERS {
             if (job.full | job.bm) & (1 << m) != 0 {
                 let s = sh.state(m);
                 if s == ROLE_RECOVER_FULL || s == ROLE_RECOVER_BITMAP {
-                    let _ = sh.roles[m].state.compare_exchange(s, ROLE_IN_SYNC, AcqRel, Acquire);
+                    let _ = sh.roles[m]
+                        .state
+                        .compare_exchange(s, ROLE_IN_SYNC, AcqRel, Acquire);
                 }
             }
         }
@@ -282,13 +296,18 @@ impl RebuildTask {
         let bs = sh.block_size as u64;
         let mut work = 0;
         loop {
-            let Some(port) = self.port.as_mut() else { return work };
-            let Some(job) = self.job.as_mut() else { return work };
+            let Some(port) = self.port.as_mut() else {
+                return work;
+            };
+            let Some(job) = self.job.as_mut() else {
+                return work;
+            };
             match job.step {
                 Step::Find => {
                     let rate = sh.rate_mb_s.load(Relaxed);
                     if rate > 0 {
-                        let allowed = rate as f64 * 1e6 * job.started.elapsed().as_secs_f64() + PIECE_BYTES as f64;
+                        let allowed = rate as f64 * 1e6 * job.started.elapsed().as_secs_f64()
+                            + PIECE_BYTES as f64;
                         if job.bytes as f64 >= allowed {
                             return work;
                         }
@@ -345,7 +364,9 @@ impl RebuildTask {
                     };
                     job.src = src;
                     job.n = (PIECE_BYTES / bs).min(job.end - job.lba);
-                    let buf = self.buf.get_or_insert_with(|| AlignedBuf::new(PIECE_BYTES as usize));
+                    let buf = self
+                        .buf
+                        .get_or_insert_with(|| AlignedBuf::new(PIECE_BYTES as usize));
                     let v = [buf.iovec(0, (job.n * bs) as usize)];
                     let req = IoRequest::read(job.lba + sh.layout.data_offset, job.n, &v);
                     // SAFETY: `buf` is owned by the task and only reused
@@ -362,7 +383,9 @@ impl RebuildTask {
                     work += 1;
                 }
                 Step::Write => {
-                    let Some(buf) = self.buf.as_mut() else { return work };
+                    let Some(buf) = self.buf.as_mut() else {
+                        return work;
+                    };
                     let v = [buf.iovec(0, (job.n * bs) as usize)];
                     let req = IoRequest::write(job.lba + sh.layout.data_offset, job.n, &v);
                     for m in 0..MAX_MEMBERS {
@@ -464,7 +487,9 @@ impl RebuildTask {
     /// resyncing (the bits then record what a missing member lacks).
     fn clear(&mut self) -> usize {
         let sh = Arc::clone(&self.shared);
-        let Some(port) = self.port.as_mut() else { return 0 };
+        let Some(port) = self.port.as_mut() else {
+            return 0;
+        };
         let mut work = 0;
         for b in 0..self.clear_pending.len() {
             if self.clear_pending[b] && port.persist_bitmap(b as u64) {
@@ -473,7 +498,10 @@ impl RebuildTask {
                 work += 1;
             }
         }
-        if self.last_clear.elapsed() < self.clear_interval || sh.degraded() || sh.resync_active.load(Acquire) {
+        if self.last_clear.elapsed() < self.clear_interval
+            || sh.degraded()
+            || sh.resync_active.load(Acquire)
+        {
             return work;
         }
         self.last_clear = Instant::now();
@@ -483,7 +511,11 @@ impl RebuildTask {
             if cur & DIRTY == 0 || cur & (INFLIGHT | EXCL | WAIT) != 0 {
                 continue;
             }
-            let new = if cur & TOUCHED != 0 { cur & !TOUCHED } else { cur & !(DIRTY | ON_DISK) };
+            let new = if cur & TOUCHED != 0 {
+                cur & !TOUCHED
+            } else {
+                cur & !(DIRTY | ON_DISK)
+            };
             if a.compare_exchange(cur, new, AcqRel, Acquire).is_ok() && new & DIRTY == 0 {
                 let b = sh.bm_block_of(r) as usize;
                 if !self.clear_pending[b] {

@@ -92,7 +92,11 @@ pub fn crc32c(data: &[u8]) -> u32 {
             let mut c = i as u32;
             let mut k = 0;
             while k < 8 {
-                c = if c & 1 != 0 { (c >> 1) ^ 0x82f6_3b78 } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    (c >> 1) ^ 0x82f6_3b78
+                } else {
+                    c >> 1
+                };
                 k += 1;
             }
             t[i] = c;
@@ -164,7 +168,10 @@ impl Superblock {
             return Err("superblock checksum mismatch".into());
         }
         if get_u32(b, 8) != VERSION {
-            return Err(format!("superblock version {} is not supported", get_u32(b, 8)));
+            return Err(format!(
+                "superblock version {} is not supported",
+                get_u32(b, 8)
+            ));
         }
         let name_end = b[32..96].iter().position(|&c| c == 0).unwrap_or(64);
         let mut roles = [RoleEntry::default(); MAX_MEMBERS];
@@ -195,7 +202,10 @@ impl Superblock {
             roles,
         };
         if sb.num_roles == 0 || sb.num_roles as usize > MAX_MEMBERS || sb.role >= sb.num_roles {
-            return Err(format!("superblock role {} of {} is out of range", sb.role, sb.num_roles));
+            return Err(format!(
+                "superblock role {} of {} is out of range",
+                sb.role, sb.num_roles
+            ));
         }
         if sb.chunk_bytes == 0 || !sb.chunk_bytes.is_power_of_two() || sb.regions == 0 {
             return Err("superblock bitmap geometry is invalid".into());
@@ -232,7 +242,14 @@ impl Layout {
         let bitmap_blocks = regions_max.div_ceil(8).div_ceil(bs);
         let meta_bytes = (sb_blocks + bitmap_blocks) * bs;
         let data_offset = meta_bytes.div_ceil(DATA_ALIGN) * DATA_ALIGN / bs;
-        Layout { block_size, sb_blocks, bitmap_offset: sb_blocks, bitmap_blocks, data_offset, chunk_bytes }
+        Layout {
+            block_size,
+            sb_blocks,
+            bitmap_offset: sb_blocks,
+            bitmap_blocks,
+            data_offset,
+            chunk_bytes,
+        }
     }
 
     /// Regions covering `data_blocks`.
@@ -255,8 +272,16 @@ mod tests {
     #[test]
     fn superblock_round_trip_and_damage() {
         let mut roles = [RoleEntry::default(); MAX_MEMBERS];
-        roles[0] = RoleEntry { dev_uuid: [1; 16], state: ROLE_IN_SYNC, write_mostly: false };
-        roles[1] = RoleEntry { dev_uuid: [2; 16], state: ROLE_FAULTY, write_mostly: true };
+        roles[0] = RoleEntry {
+            dev_uuid: [1; 16],
+            state: ROLE_IN_SYNC,
+            write_mostly: false,
+        };
+        roles[1] = RoleEntry {
+            dev_uuid: [2; 16],
+            state: ROLE_FAULTY,
+            write_mostly: true,
+        };
         let sb = Superblock {
             uuid: [9; 16],
             name: "r0".into(),
@@ -277,7 +302,10 @@ mod tests {
         sb.encode(&mut buf);
         assert_eq!(Superblock::decode(&buf), Ok(Some(sb)));
         buf[100] ^= 1;
-        assert_eq!(Superblock::decode(&buf), Err("superblock checksum mismatch".into()));
+        assert_eq!(
+            Superblock::decode(&buf),
+            Err("superblock checksum mismatch".into())
+        );
         assert_eq!(Superblock::decode(&[0u8; SB_BYTES]), Ok(None));
     }
 

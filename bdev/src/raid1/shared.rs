@@ -51,8 +51,14 @@ impl Role {
         u
     }
     pub fn set_uuid(&self, u: &[u8; 16]) {
-        self.dev_uuid[0].store(u64::from_le_bytes(u[..8].try_into().unwrap_or([0; 8])), Relaxed);
-        self.dev_uuid[1].store(u64::from_le_bytes(u[8..].try_into().unwrap_or([0; 8])), Relaxed);
+        self.dev_uuid[0].store(
+            u64::from_le_bytes(u[..8].try_into().unwrap_or([0; 8])),
+            Relaxed,
+        );
+        self.dev_uuid[1].store(
+            u64::from_le_bytes(u[8..].try_into().unwrap_or([0; 8])),
+            Relaxed,
+        );
     }
 }
 
@@ -69,7 +75,10 @@ pub fn state_name(s: u8) -> &'static str {
 }
 
 pub(crate) fn is_write_target(s: u8) -> bool {
-    matches!(s, sb::ROLE_IN_SYNC | sb::ROLE_RECOVER_FULL | sb::ROLE_RECOVER_BITMAP)
+    matches!(
+        s,
+        sb::ROLE_IN_SYNC | sb::ROLE_RECOVER_FULL | sb::ROLE_RECOVER_BITMAP
+    )
 }
 
 pub(crate) struct Shared {
@@ -218,7 +227,11 @@ impl Shared {
             if s == sb::ROLE_IN_SYNC && self.read_sources() == 1 << m {
                 return false;
             }
-            if self.roles[m].state.compare_exchange(s, sb::ROLE_FAULTY, AcqRel, Acquire).is_ok() {
+            if self.roles[m]
+                .state
+                .compare_exchange(s, sb::ROLE_FAULTY, AcqRel, Acquire)
+                .is_ok()
+            {
                 break;
             }
         }
@@ -263,7 +276,11 @@ impl Shared {
         let a = &self.region[r as usize];
         let mut cur = a.load(Acquire);
         loop {
-            let new = if cur & EXCL == 0 && cur & INFLIGHT == 0 { (cur | EXCL) & !WAIT } else { cur | WAIT };
+            let new = if cur & EXCL == 0 && cur & INFLIGHT == 0 {
+                (cur | EXCL) & !WAIT
+            } else {
+                cur | WAIT
+            };
             match a.compare_exchange_weak(cur, new, AcqRel, Acquire) {
                 Ok(_) => return new & EXCL != 0 && cur & EXCL == 0,
                 Err(c) => cur = c,
@@ -289,7 +306,10 @@ impl Shared {
     }
 
     pub fn dirty_count(&self) -> u64 {
-        self.region.iter().filter(|a| a.load(Relaxed) & DIRTY != 0).count() as u64
+        self.region
+            .iter()
+            .filter(|a| a.load(Relaxed) & DIRTY != 0)
+            .count() as u64
     }
 
     /// Fills `buf` (one bitmap block) with the dirty bits of block `b`.
@@ -344,7 +364,11 @@ impl Shared {
             uuid: self.uuid,
             name: self.name.clone(),
             events: self.events.load(Acquire),
-            flags: if self.clean.load(Acquire) { sb::FLAG_CLEAN } else { 0 },
+            flags: if self.clean.load(Acquire) {
+                sb::FLAG_CLEAN
+            } else {
+                0
+            },
             role: m as u32,
             num_roles: n as u32,
             block_size: self.block_size,

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use bdev::raid1::{self, CreateParams, Raid1Bdev, RebuildTask};
 use bdev::testing::{check_pattern, fill_pattern, read, AlignedBuf};
 use bdev::{
-    malloc, open_channel, Bdev, BdevChannel, BdevError, BdevInfo, BdevStats, Channel, CompletionQueue, IoRequest,
-    IoStatus, IoType, QueueFull,
+    malloc, open_channel, Bdev, BdevChannel, BdevError, BdevInfo, BdevStats, Channel,
+    CompletionQueue, IoRequest, IoStatus, IoType, QueueFull,
 };
 
 /// Run-time failure controls of a [`Flaky`] bdev.
@@ -56,8 +56,19 @@ pub fn flaky(name: &str, base: Arc<dyn Bdev>) -> (Arc<dyn Bdev>, Arc<Ctl>) {
     let mut info = base.info().clone();
     info.name = name.to_string();
     info.kind = "flaky";
-    let ctl = Arc::new(Ctl { fail_writes_after: AtomicI64::new(-1), ..Default::default() });
-    (Arc::new(Flaky { info, base, ctl: Arc::clone(&ctl), stats: BdevStats::default() }), ctl)
+    let ctl = Arc::new(Ctl {
+        fail_writes_after: AtomicI64::new(-1),
+        ..Default::default()
+    });
+    (
+        Arc::new(Flaky {
+            info,
+            base,
+            ctl: Arc::clone(&ctl),
+            stats: BdevStats::default(),
+        }),
+        ctl,
+    )
 }
 
 impl Bdev for Flaky {
@@ -105,7 +116,8 @@ impl BdevChannel for FlakyCh {
             }
             IoType::Reset => None,
             _ => {
-                if req.io_type == IoType::Write && c.fail_writes_after.load(SeqCst) >= 0
+                if req.io_type == IoType::Write
+                    && c.fail_writes_after.load(SeqCst) >= 0
                     && c.fail_writes_after.fetch_sub(1, SeqCst) == 0
                 {
                     c.fail_writes.store(true, SeqCst);
@@ -144,7 +156,11 @@ pub fn mem(name: &str, blocks: u64, bs: u32) -> Arc<dyn Bdev> {
 }
 
 pub fn params(name: &str, chunk_kb: u64) -> CreateParams {
-    CreateParams { name: name.into(), bitmap_chunk_kb: Some(chunk_kb), ..Default::default() }
+    CreateParams {
+        name: name.into(),
+        bitmap_chunk_kb: Some(chunk_kb),
+        ..Default::default()
+    }
 }
 
 pub fn make(name: &str, chunk_kb: u64, members: &[&Arc<dyn Bdev>]) -> Arc<Raid1Bdev> {
@@ -177,7 +193,12 @@ pub fn read_direct(b: &Arc<dyn Bdev>, lba: u64, n: u64) -> AlignedBuf {
     let bs = b.info().block_size as usize;
     let mut ch = open_channel(b).unwrap();
     let mut buf = AlignedBuf::new(n as usize * bs);
-    assert_eq!(read(&mut ch, lba, &mut buf), IoStatus::Success, "direct read of {}", b.info().name);
+    assert_eq!(
+        read(&mut ch, lba, &mut buf),
+        IoStatus::Success,
+        "direct read of {}",
+        b.info().name
+    );
     buf
 }
 
@@ -198,7 +219,12 @@ pub struct Io {
 /// Runs `ios` with up to `qd` in flight; writes carry `fill_pattern(lba,
 /// seed)`, reads are checked against it. `tick` runs between polls (drive
 /// a rebuild task, flip a failure). Returns the statuses in order.
-pub fn run_ios(ch: &mut Channel, ios: &[Io], qd: usize, tick: &mut dyn FnMut(usize)) -> Vec<IoStatus> {
+pub fn run_ios(
+    ch: &mut Channel,
+    ios: &[Io],
+    qd: usize,
+    tick: &mut dyn FnMut(usize),
+) -> Vec<IoStatus> {
     let bs = ch.info().block_size as usize;
     let max = ios.iter().map(|i| i.blocks).max().unwrap_or(1) as usize * bs;
     let mut bufs: Vec<AlignedBuf> = (0..qd).map(|_| AlignedBuf::new(max)).collect();
@@ -218,7 +244,13 @@ pub fn run_ios(ch: &mut Channel, ios: &[Io], qd: usize, tick: &mut dyn FnMut(usi
                 fill_pattern(&mut bufs[s].as_mut_slice()[..len], io.lba, bs, io.seed);
             }
             let v = [bufs[s].iovec(0, len)];
-            let req = IoRequest { io_type: io.io_type, offset_blocks: io.lba, num_blocks: io.blocks, iovs: &v, fua: false };
+            let req = IoRequest {
+                io_type: io.io_type,
+                offset_blocks: io.lba,
+                num_blocks: io.blocks,
+                iovs: &v,
+                fua: false,
+            };
             // SAFETY: the buffers outlive the completions, which we wait for.
             match unsafe { ch.submit(&req, s as u64) } {
                 Ok(()) => {
@@ -243,7 +275,11 @@ pub fn run_ios(ch: &mut Channel, ios: &[Io], qd: usize, tick: &mut dyn FnMut(usi
             done += 1;
         });
         tick(done);
-        assert!(Instant::now() < deadline, "workload did not finish: {done}/{} done", ios.len());
+        assert!(
+            Instant::now() < deadline,
+            "workload did not finish: {done}/{} done",
+            ios.len()
+        );
     }
     st.into_iter().map(|s| s.unwrap()).collect()
 }
@@ -259,15 +295,34 @@ pub fn shuffled_writes(n_chunks: u64, blocks: u64, seed: u64) -> Vec<Io> {
         x ^= x << 17;
         order.swap(i, (x % (i as u64 + 1)) as usize);
     }
-    order.into_iter().map(|c| Io { io_type: IoType::Write, lba: c * blocks, blocks, seed }).collect()
+    order
+        .into_iter()
+        .map(|c| Io {
+            io_type: IoType::Write,
+            lba: c * blocks,
+            blocks,
+            seed,
+        })
+        .collect()
 }
 
 /// Reads back what [`shuffled_writes`] wrote, through `ch`, checking data.
 pub fn verify(ch: &mut Channel, n_chunks: u64, blocks: u64, seed: u64) {
-    let reads: Vec<Io> = (0..n_chunks).map(|c| Io { io_type: IoType::Read, lba: c * blocks, blocks, seed }).collect();
+    let reads: Vec<Io> = (0..n_chunks)
+        .map(|c| Io {
+            io_type: IoType::Read,
+            lba: c * blocks,
+            blocks,
+            seed,
+        })
+        .collect();
     let st = run_ios(ch, &reads, 8, &mut |_| {});
     for (i, s) in st.iter().enumerate() {
-        assert_eq!(*s, IoStatus::Success, "read of chunk {i} (Aborted = data mismatch)");
+        assert_eq!(
+            *s,
+            IoStatus::Success,
+            "read of chunk {i} (Aborted = data mismatch)"
+        );
     }
 }
 

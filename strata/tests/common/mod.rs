@@ -53,7 +53,11 @@ impl Serve {
             .stderr(logf)
             .spawn()
             .expect("spawn strata serve");
-        let mut s = Serve { child: Some(child), socket, log };
+        let mut s = Serve {
+            child: Some(child),
+            socket,
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(st) = s.child.as_mut().unwrap().try_wait().unwrap() {
@@ -62,7 +66,11 @@ impl Serve {
             if UnixStream::connect(&s.socket).is_ok() {
                 break;
             }
-            assert!(Instant::now() < deadline, "strata serve did not come up: {}", s.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "strata serve did not come up: {}",
+                s.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         s
@@ -75,16 +83,23 @@ impl Serve {
     /// Calls a method; Ok(result) or Err((code, message)).
     pub fn call(&self, method: &str, params: Value) -> Result<Value, (i64, String)> {
         let req = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
-        let resp = self.raw(format!("{req}\n").as_bytes()).pop().expect("a response");
+        let resp = self
+            .raw(format!("{req}\n").as_bytes())
+            .pop()
+            .expect("a response");
         assert_eq!(resp["id"], json!(7));
         if let Some(e) = resp.get("error") {
-            return Err((e["code"].as_i64().unwrap(), e["message"].as_str().unwrap().to_string()));
+            return Err((
+                e["code"].as_i64().unwrap(),
+                e["message"].as_str().unwrap().to_string(),
+            ));
         }
         Ok(resp["result"].clone())
     }
 
     pub fn ok(&self, method: &str, params: Value) -> Value {
-        self.call(method, params).unwrap_or_else(|e| panic!("{method} failed: {e:?}"))
+        self.call(method, params)
+            .unwrap_or_else(|e| panic!("{method} failed: {e:?}"))
     }
 
     /// Sends raw bytes, half-closes, and returns every response line.
@@ -102,7 +117,10 @@ impl Serve {
     /// Sends a signal and waits (bounded) for exit; returns the exit code.
     pub fn signal_and_wait(&mut self, sig: &str) -> Option<i32> {
         let mut child = self.child.take().unwrap();
-        Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args([&format!("-{sig}"), &child.id().to_string()])
+            .status()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(st) = child.try_wait().unwrap() {
