@@ -517,10 +517,8 @@ mod tests {
             let mut u = AlignedBuf::new(4096 + 512);
             let v = [u.iovec(1, 4096)];
             // SAFETY: as above.
-            assert_eq!(
-                unsafe { testing::run(&mut ch, &IoRequest::read(0, 1, &v)) },
-                IoStatus::InvalidRequest
-            );
+            let st = unsafe { testing::run(&mut ch, &IoRequest::read(0, 1, &v)) };
+            assert_eq!(st, IoStatus::InvalidRequest);
         }
     }
 }

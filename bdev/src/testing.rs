@@ -116,19 +116,13 @@ pub fn conformance(bdev: &Arc<dyn Bdev>, persistence: Persistence) {
     fill_pattern(w.as_mut_slice(), 3, bs, 42);
     let v = [w.iovec(0, 3 * bs), w.iovec(3 * bs, 5 * bs)];
     // SAFETY: `w` lives until the synchronous call returns.
-    assert_eq!(
-        unsafe { run(&mut ch, &IoRequest::write(3, 8, &v)) },
-        IoStatus::Success,
-        "vectored write"
-    );
+    let st = unsafe { run(&mut ch, &IoRequest::write(3, 8, &v)) };
+    assert_eq!(st, IoStatus::Success, "vectored write");
     let mut r = AlignedBuf::new(8 * bs);
     let v = [r.iovec(0, bs), r.iovec(bs, 4 * bs), r.iovec(5 * bs, 3 * bs)];
     // SAFETY: as above.
-    assert_eq!(
-        unsafe { run(&mut ch, &IoRequest::read(3, 8, &v)) },
-        IoStatus::Success,
-        "vectored read"
-    );
+    let st = unsafe { run(&mut ch, &IoRequest::read(3, 8, &v)) };
+    assert_eq!(st, IoStatus::Success, "vectored read");
     match persistence {
         Persistence::None => assert!(
             r.as_slice().iter().all(|&b| b == 0),

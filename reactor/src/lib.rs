@@ -815,6 +815,40 @@ fn run_reactor(index: usize, shared: Arc<Shared>) {
     shared.running.fetch_sub(1, Ordering::AcqRel);
 }
 
+/// Blocks SIGINT and SIGTERM in the calling thread and every thread it
+/// spawns afterwards; call first thing in `main`, then wait with
+/// [`wait_for_termination`] so that the signals are handled synchronously
+/// (no async-signal-safety concerns).
+pub fn block_termination_signals() {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset; the calls
+    // only read/write the local set and the thread's signal mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Waits for SIGINT or SIGTERM (blocked earlier with
+/// [`block_termination_signals`]) and returns its number.
+pub fn wait_for_termination() -> i32 {
+    // SAFETY: as above; sigwait writes the signal number into a local.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let mut sig: libc::c_int = 0;
+        loop {
+            if libc::sigwait(&set, &mut sig) == 0 {
+                return sig;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -981,39 +1015,5 @@ mod tests {
         .unwrap();
         set.handle().call(0, || inflight_add(1)).unwrap();
         assert!(!set.shutdown());
-    }
-}
-
-/// Blocks SIGINT and SIGTERM in the calling thread and every thread it
-/// spawns afterwards; call first thing in `main`, then wait with
-/// [`wait_for_termination`] so that the signals are handled synchronously
-/// (no async-signal-safety concerns).
-pub fn block_termination_signals() {
-    // SAFETY: sigset_t is plain data initialised by sigemptyset; the calls
-    // only read/write the local set and the thread's signal mask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-}
-
-/// Waits for SIGINT or SIGTERM (blocked earlier with
-/// [`block_termination_signals`]) and returns its number.
-pub fn wait_for_termination() -> i32 {
-    // SAFETY: as above; sigwait writes the signal number into a local.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        let mut sig: libc::c_int = 0;
-        loop {
-            if libc::sigwait(&set, &mut sig) == 0 {
-                return sig;
-            }
-        }
     }
 }
