@@ -357,26 +357,10 @@ fn acknowledged_writes_survive_kill_9() {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let lba = (i * 7) % 4000;
-                let req = json!({"jsonrpc": "2.0", "id": 1, "method": "bdev_io",
-                    "params": {"name": "f", "op": "write", "offset_blocks": lba, "num_blocks": 4, "seed": 1000 + i}});
-                let Ok(mut c) = std::os::unix::net::UnixStream::connect(&sock) else {
-                    break;
-                };
-                use std::io::{BufRead, Write};
-                if c.write_all(format!("{req}\n").as_bytes()).is_err() {
-                    break;
-                }
-                let mut line = String::new();
-                if std::io::BufReader::new(&c)
-                    .read_line(&mut line)
-                    .unwrap_or(0)
-                    == 0
-                {
-                    break; // killed before answering: not acknowledged
-                }
-                let v: Value = serde_json::from_str(&line).unwrap();
-                if v["result"]["status"] == "success" {
-                    acked.lock().unwrap().push((lba, 1000 + i));
+                match common::rpc_write(&sock, "f", lba, 4, 1000 + i) {
+                    Some(true) => acked.lock().unwrap().push((lba, 1000 + i)),
+                    Some(false) => {}
+                    None => break, // killed before answering: not acknowledged
                 }
                 i += 1;
             }
@@ -398,20 +382,6 @@ fn acknowledged_writes_survive_kill_9() {
     let _ = std::fs::remove_file(&s.socket);
     let s2 = Serve::start(dir.path(), &["--config", &cfgs]);
     // Check every acknowledged write not overwritten by a later one.
-    let mut checked = 0;
-    for (idx, (lba, seed)) in acked.iter().enumerate() {
-        let overlapped = acked[idx + 1..]
-            .iter()
-            .any(|(l, _)| l + 4 > *lba && *l < lba + 4);
-        if overlapped {
-            continue;
-        }
-        let v = s2.ok("bdev_io", json!({"name": "f", "op": "verify", "offset_blocks": lba, "num_blocks": 4, "seed": seed}));
-        assert_eq!(
-            v["mismatched_blocks"], 0,
-            "acknowledged write at {lba} (seed {seed}) lost"
-        );
-        checked += 1;
-    }
+    let checked = common::verify_acked(&s2, "f", 4, &acked);
     assert!(checked >= 40, "verified {checked} acknowledged writes");
 }

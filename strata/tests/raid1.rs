@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,23 +38,6 @@ fn config(dir: &std::path::Path) -> String {
     cfg.to_string_lossy().into_owned()
 }
 
-fn write_via_rpc(sock: &std::path::Path, lba: u64, seed: u64) -> Option<bool> {
-    let req = json!({"jsonrpc": "2.0", "id": 1, "method": "bdev_io",
-        "params": {"name": "r0", "op": "write", "offset_blocks": lba, "num_blocks": 4, "seed": seed}});
-    let mut c = std::os::unix::net::UnixStream::connect(sock).ok()?;
-    c.write_all(format!("{req}\n").as_bytes()).ok()?;
-    let mut line = String::new();
-    if std::io::BufReader::new(&c)
-        .read_line(&mut line)
-        .unwrap_or(0)
-        == 0
-    {
-        return None;
-    }
-    let v: Value = serde_json::from_str(&line).ok()?;
-    Some(v["result"]["status"] == "success")
-}
-
 #[test]
 fn kill_9_during_writes_resyncs_only_dirty_regions() {
     let dir = scratch();
@@ -78,7 +60,7 @@ fn kill_9_during_writes_resyncs_only_dirty_regions() {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let lba = (i * 7) % 508;
-                match write_via_rpc(&sock, lba, 500 + i) {
+                match common::rpc_write(&sock, "r0", lba, 4, 500 + i) {
                     Some(true) => acked.lock().unwrap().push((lba, 500 + i)),
                     Some(false) => panic!("a mirrored write failed"),
                     None => break,
@@ -123,21 +105,7 @@ fn kill_9_during_writes_resyncs_only_dirty_regions() {
 
     // Every acknowledged write not overwritten later reads back.
     let acked = acked.lock().unwrap().clone();
-    let mut checked = 0;
-    for (idx, (lba, seed)) in acked.iter().enumerate() {
-        if acked[idx + 1..]
-            .iter()
-            .any(|(l, _)| l + 4 > *lba && *l < lba + 4)
-        {
-            continue;
-        }
-        let v = s2.ok("bdev_io", json!({"name": "r0", "op": "verify", "offset_blocks": lba, "num_blocks": 4, "seed": seed}));
-        assert_eq!(
-            v["mismatched_blocks"], 0,
-            "acknowledged write at {lba} lost"
-        );
-        checked += 1;
-    }
+    let checked = common::verify_acked(&s2, "r0", 4, &acked);
     assert!(checked > 0);
 
     // Stop cleanly; the members' data areas are identical.

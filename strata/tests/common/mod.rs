@@ -153,3 +153,45 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Writes `blocks` blocks of the verify pattern `seed` at `lba` of bdev
+/// `name` with `bdev_io`: `Some(true)` once acknowledged, `Some(false)` if
+/// the I/O failed, `None` if the daemon went away before answering (not
+/// acknowledged).
+pub fn rpc_write(sock: &Path, name: &str, lba: u64, blocks: u64, seed: u64) -> Option<bool> {
+    let req = json!({"jsonrpc": "2.0", "id": 1, "method": "bdev_io",
+        "params": {"name": name, "op": "write", "offset_blocks": lba, "num_blocks": blocks, "seed": seed}});
+    let mut c = UnixStream::connect(sock).ok()?;
+    c.write_all(format!("{req}\n").as_bytes()).ok()?;
+    let mut line = String::new();
+    if BufReader::new(&c).read_line(&mut line).unwrap_or(0) == 0 {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&line).expect("response is JSON");
+    Some(v["result"]["status"] == "success")
+}
+
+/// Reads back every acknowledged `(lba, seed)` write of `blocks` blocks that
+/// no later write overlapped, asserting it holds its pattern; returns how
+/// many were checked.
+pub fn verify_acked(s: &Serve, name: &str, blocks: u64, acked: &[(u64, u64)]) -> usize {
+    let mut checked = 0;
+    for (idx, (lba, seed)) in acked.iter().enumerate() {
+        if acked[idx + 1..]
+            .iter()
+            .any(|(l, _)| l + blocks > *lba && *l < lba + blocks)
+        {
+            continue;
+        }
+        let v = s.ok(
+            "bdev_io",
+            json!({"name": name, "op": "verify", "offset_blocks": lba, "num_blocks": blocks, "seed": seed}),
+        );
+        assert_eq!(
+            v["mismatched_blocks"], 0,
+            "acknowledged write at {lba} (seed {seed}) lost"
+        );
+        checked += 1;
+    }
+    checked
+}
