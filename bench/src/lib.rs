@@ -8,6 +8,7 @@
 
 pub mod bdev;
 pub mod rdma;
+pub mod verify;
 pub mod vhost;
 
 use hdrhistogram::Histogram;
