@@ -31,6 +31,19 @@
 //! Statuses are small `Copy` values ([`IoStatus`]) that tell a medium error
 //! (raid1 retries the other mirror) from a path error (multipath retries
 //! another path) from an invalid request (nobody retries).
+//!
+//! # Memory map
+//!
+//! [`memmap`] is the process-wide record of DMA-able memory (SPDK's
+//! `spdk_mem_register`): whoever owns memory that I/O may point into
+//! registers it for as long as it is valid — every [`AlignedBuf`] for its
+//! lifetime, the vhost-user memory table while it is mapped — and a
+//! transport that must prepare memory for its device (an RDMA protection
+//! domain, one MR per region) subscribes a [`memmap::Listener`] that is
+//! told of every region present and to come. On the data path an iovec is
+//! translated with [`memmap::find`] (or a per-reactor copy of
+//! [`memmap::regions`], refreshed when [`memmap::generation`] moves); memory
+//! in no region takes the transport's bounce-buffer path.
 
 use std::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +53,7 @@ pub mod delay;
 pub mod error;
 pub mod file;
 pub mod malloc;
+pub mod memmap;
 pub mod null;
 pub mod raid1;
 mod registry;

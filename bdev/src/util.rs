@@ -145,9 +145,15 @@ impl<T> Slab<T> {
 }
 
 /// A zeroed heap buffer aligned to 4096 bytes (good for O_DIRECT).
+///
+/// Registered in the [memory map](crate::memmap) for its whole lifetime
+/// (a zero-length buffer is not), so I/O into it takes a transport's
+/// zero-copy path.
 pub struct AlignedBuf {
     ptr: *mut u8,
     len: usize,
+    /// Taken (unregistered) in `drop` before the memory is freed.
+    reg: Option<crate::memmap::Registration>,
 }
 
 // SAFETY: an owned byte allocation with no thread affinity.
@@ -160,7 +166,14 @@ impl AlignedBuf {
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
         assert!(!ptr.is_null(), "out of memory allocating {len} bytes");
-        AlignedBuf { ptr, len }
+        let reg = crate::memmap::register(ptr, len);
+        AlignedBuf { ptr, len, reg }
+    }
+
+    /// The memory-map region this buffer is registered as (`None` when
+    /// empty).
+    pub fn region(&self) -> Option<crate::memmap::Region> {
+        self.reg.as_ref().map(|r| r.region())
     }
 
     /// The bytes.
@@ -197,6 +210,9 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
+        // Fields are dropped only after this body: unregister explicitly,
+        // so listeners are told while the memory is still allocated.
+        drop(self.reg.take());
         let layout =
             std::alloc::Layout::from_size_align(self.len.max(1), 4096).expect("buffer layout");
         // SAFETY: allocated in `new` with this layout, freed once.
@@ -222,5 +238,39 @@ mod tests {
         assert_eq!(s.get(b), Some(&'b'));
         assert_eq!(s.len(), 2);
         assert_eq!(s.remove(99), None);
+    }
+
+    #[test]
+    fn aligned_buf_is_registered_for_its_lifetime() {
+        use crate::memmap;
+        use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+        /// Looks at the first byte of region `.0` when it goes.
+        struct Watch(u64, AtomicU64);
+        impl memmap::Listener for Watch {
+            fn added(&self, _: &memmap::Region) {}
+            fn removed(&self, r: &memmap::Region) {
+                if r.id != self.0 {
+                    return; // other tests' regions, some of them fake
+                }
+                // SAFETY: this is our buffer's region, and `removed` runs
+                // before the buffer is freed.
+                let first = unsafe { std::ptr::read_volatile(r.addr as *const u8) };
+                self.1.store(first.into(), SeqCst);
+            }
+        }
+        let mut buf = AlignedBuf::new(3 * 4096);
+        buf.as_mut_slice()[0] = 0x5a;
+        let addr = buf.as_slice().as_ptr() as usize;
+        let r = buf.region().expect("registered");
+        assert_eq!((r.addr, r.len), (addr, 3 * 4096));
+        assert_eq!(memmap::find(addr + 4096, 4096), Some(r));
+        let v = buf.iovec(512, 1024);
+        assert_eq!(memmap::find(v.base as usize, v.len), Some(r));
+        let w = std::sync::Arc::new(Watch(r.id, AtomicU64::new(0)));
+        let _sub = memmap::subscribe(w.clone());
+        drop(buf);
+        assert_eq!(w.1.load(SeqCst), 0x5a, "removed() saw the live buffer");
+        assert!(!memmap::regions().iter().any(|x| x.id == r.id));
+        assert!(AlignedBuf::new(0).region().is_none());
     }
 }

@@ -19,9 +19,10 @@ use vhost_user::vhost_user::{
 };
 use vhost_user::VhostUserMemoryRegionBase;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{GuestAddress, GuestRegionMmap};
 
 use crate::inflight::InflightRegion;
+use crate::mem::{GuestMem, Mapping};
 use crate::virtio::{feat, Limits};
 use crate::worker::{QueueCtl, QueueSetup, Worker};
 
@@ -63,7 +64,10 @@ struct Region {
     gpa: u64,
     size: u64,
     user_addr: u64,
-    mmap: Arc<GuestRegionMmap>,
+    /// The mapping, registered in the memory map; shared with the queues'
+    /// snapshots, so it is unregistered and unmapped when the last of
+    /// them lets go.
+    map: Arc<Mapping>,
 }
 
 /// One frontend connection.
@@ -73,7 +77,7 @@ pub(crate) struct DeviceHandler {
     acked: u64,
     protocol: u64,
     regions: Vec<Region>,
-    mem: Option<Arc<GuestMemoryMmap>>,
+    mem: Option<Arc<GuestMem>>,
     vrings: Vec<Vring>,
     inflight: Option<Arc<InflightRegion>>,
 }
@@ -141,12 +145,12 @@ impl DeviceHandler {
             .map_err(|_| VuError::InvalidParam)?;
         q.set_event_idx(event_idx);
         q.set_ready(true);
-        if !q.is_valid(&*mem) {
+        if !q.is_valid(mem.mmap()) {
             tracing::warn!(ctrlr = %self.ctx.name, queue = i, "vring is not inside guest memory; not started");
             return Err(VuError::InvalidParam);
         }
         let used_idx = q
-            .used_idx(&*mem, std::sync::atomic::Ordering::Acquire)
+            .used_idx(mem.mmap(), std::sync::atomic::Ordering::Acquire)
             .map_err(|_| VuError::InvalidParam)?
             .0;
         let mut resubmit = Vec::new();
@@ -254,11 +258,8 @@ impl DeviceHandler {
     /// Publishes the current memory table to running queues.
     fn publish_mem(&mut self) -> VuResult<()> {
         self.regions.sort_by_key(|r| r.gpa);
-        let regions: Vec<Arc<GuestRegionMmap>> =
-            self.regions.iter().map(|r| Arc::clone(&r.mmap)).collect();
-        let mem = Arc::new(
-            GuestMemoryMmap::from_arc_regions(regions).map_err(|e| io_err(e.to_string()))?,
-        );
+        let maps = self.regions.iter().map(|r| Arc::clone(&r.map)).collect();
+        let mem = Arc::new(GuestMem::new(maps).map_err(|e| io_err(e.to_string()))?);
         for v in &self.vrings {
             if let Some(ctl) = &v.running {
                 if !ctl.set_mem(Arc::clone(&mem)) {
@@ -284,7 +285,7 @@ impl DeviceHandler {
             gpa: r.guest_phys_addr,
             size: r.memory_size,
             user_addr: r.user_addr,
-            mmap: Arc::new(region),
+            map: Arc::new(Mapping::new(region)),
         })
     }
 }
@@ -544,10 +545,10 @@ impl VhostUserBackendReqHandlerMut for DeviceHandler {
             return Err(VuError::InvalidParam);
         }
         let r = Self::map_region(region, fd)?;
-        let added = Arc::clone(&r.mmap);
+        let added = Arc::clone(&r.map);
         self.regions.push(r);
         if let Err(e) = self.publish_mem() {
-            self.regions.retain(|r| !Arc::ptr_eq(&r.mmap, &added));
+            self.regions.retain(|r| !Arc::ptr_eq(&r.map, &added));
             return Err(e);
         }
         Ok(None)

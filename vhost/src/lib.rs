@@ -56,7 +56,12 @@
 //! two regions becomes two iovecs); the bdev request's iovecs point into
 //! guest memory. The snapshot a request was translated against stays
 //! mapped until nothing is in flight (a replaced snapshot is kept in a
-//! retired list).
+//! retired list). Every mapped region is registered in the process memory
+//! map ([`bdev::memmap`], `mem.rs`) for exactly as long as it is mapped —
+//! from SET_MEM_TABLE / ADD_MEM_REG until it has left the table
+//! (REM_MEM_REG, a new table, the connection's end) *and* the last
+//! snapshot holding it is gone — so a transport below the bdev (RDMA)
+//! can reach guest pages without a bounce buffer.
 //!
 //! **Hostile guests** (`request.rs`, `chain.rs`): every chain is walked
 //! with a time-to-live against loops, indirect tables are checked, every
@@ -85,6 +90,7 @@ mod chain;
 mod controller;
 mod device;
 mod inflight;
+mod mem;
 mod request;
 mod virtio;
 mod worker;

@@ -11,6 +11,7 @@ use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::chain::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
+use crate::mem::GuestMem;
 use crate::virtio::*;
 use crate::worker::{QueueCtl, QueueSetup, Worker};
 
@@ -28,7 +29,7 @@ const R: u16 = 0;
 const W: u16 = DESC_F_WRITE;
 
 struct H {
-    mem: Arc<GuestMemoryMmap>,
+    mem: Arc<GuestMem>,
     worker: Worker,
     ctl: Arc<QueueCtl>,
     avail: u16,
@@ -41,8 +42,8 @@ struct H {
     bdev: Arc<dyn Bdev>,
 }
 
-fn memory() -> Arc<GuestMemoryMmap> {
-    Arc::new(
+fn memory() -> Arc<GuestMem> {
+    Arc::new(GuestMem::unregistered(
         GuestMemoryMmap::from_ranges(&[
             (GuestAddress(0), 0x10_0000),
             (GuestAddress(R2), 0x10_0000),
@@ -50,14 +51,14 @@ fn memory() -> Arc<GuestMemoryMmap> {
             (GuestAddress(0x50_0000), 0x1000),
         ])
         .unwrap(),
-    )
+    ))
 }
 
 fn harness(block_size: u32, readonly: bool) -> H {
     let mem = memory();
     let bdev: Arc<dyn Bdev> =
         Arc::new(bdev::malloc::create("m0", 0x10_0000 / block_size as u64, block_size).unwrap());
-    let mock = MockSplitQueue::new(&*mem, QSIZE);
+    let mock = MockSplitQueue::new(mem.mmap(), QSIZE);
     let q: Queue = mock.create_queue().unwrap();
     let limits = Arc::new(Limits::new(bdev.info(), readonly, 1));
     let ctl = QueueCtl::new(0, 0);

@@ -27,10 +27,10 @@ use std::time::{Duration, Instant};
 use bdev::{Bdev, Channel, IoRequest, IoStatus, IoType};
 use reactor::{Poll, PollerId, ReactorHandle};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 use crate::chain::ChainWalker;
 use crate::inflight::{InflightQueue, InflightRegion};
+use crate::mem::GuestMem;
 use crate::request::{parse, Plan, Scratch};
 use crate::virtio::{Limits, S_IOERR, S_OK, S_UNSUPP};
 
@@ -40,7 +40,7 @@ const BATCH: usize = 64;
 /// Changes posted by the control thread.
 #[derive(Default)]
 struct Pending {
-    mem: Option<Arc<GuestMemoryMmap>>,
+    mem: Option<Arc<GuestMem>>,
     call: Option<Option<File>>,
     stop: bool,
 }
@@ -110,7 +110,7 @@ impl QueueCtl {
     }
 
     /// Hands the worker a new guest memory snapshot and waits for it.
-    pub fn set_mem(&self, mem: Arc<GuestMemoryMmap>) -> bool {
+    pub fn set_mem(&self, mem: Arc<GuestMem>) -> bool {
         let g = self.post(|p| p.mem = Some(mem));
         self.wait_applied(g, Duration::from_secs(5))
     }
@@ -158,7 +158,7 @@ impl QueueCtl {
 /// Everything needed to start a worker (moved to its reactor).
 pub(crate) struct QueueSetup {
     pub queue: Queue,
-    pub mem: Arc<GuestMemoryMmap>,
+    pub mem: Arc<GuestMem>,
     pub call: Option<File>,
     pub limits: Arc<Limits>,
     pub bdev: Arc<dyn Bdev>,
@@ -193,9 +193,10 @@ const FREE: Slot = Slot {
 /// completion callback can borrow it).
 struct Core {
     q: Queue,
-    mem: Arc<GuestMemoryMmap>,
-    /// Older memory snapshots, kept mapped until nothing is in flight.
-    retired: Vec<Arc<GuestMemoryMmap>>,
+    mem: Arc<GuestMem>,
+    /// Older memory snapshots, kept mapped (and in the memory map) until
+    /// nothing is in flight.
+    retired: Vec<Arc<GuestMem>>,
     slots: Box<[Slot]>,
     inflight: u32,
     tracker: Option<InflightQueue>,
@@ -240,7 +241,7 @@ impl Core {
         if let Some(t) = &self.tracker {
             t.completing(head);
         }
-        if self.q.add_used(&*self.mem, head, len).is_err() {
+        if self.q.add_used(self.mem.mmap(), head, len).is_err() {
             self.dropped += 1;
         }
         if let Some(t) = &self.tracker {
@@ -372,7 +373,7 @@ impl Core {
             self.started = 0;
         }
         if self.completed > 0 {
-            if self.q.needs_notification(&*self.mem).unwrap_or(true) {
+            if self.q.needs_notification(self.mem.mmap()).unwrap_or(true) {
                 if let Some(call) = &self.call {
                     let one: u64 = 1;
                     // SAFETY: writes 8 bytes from a live u64 to an eventfd
@@ -425,7 +426,7 @@ impl Worker {
         let depth = setup.bdev.info().queue_depth.max(1);
         let mut q = setup.queue;
         // Polled: the driver need not kick.
-        let _ = q.disable_notification(&*setup.mem);
+        let _ = q.disable_notification(setup.mem.mmap());
         let size = q.size() as usize;
         let mut resubmit = setup.resubmit;
         resubmit.reverse(); // popped from the back: oldest first
@@ -517,7 +518,7 @@ impl Worker {
         while n < BATCH && chan.inflight() + room <= *depth {
             let (head, again) = match resubmit.pop() {
                 Some(h) => (h, true),
-                None => match core.q.pop_descriptor_chain(&*core.mem) {
+                None => match core.q.pop_descriptor_chain(core.mem.mmap()) {
                     Some(c) => (c.head_index(), false),
                     None => break,
                 },

@@ -1,12 +1,13 @@
 //! End-to-end tests through the `vhost` crate's own frontend over memfd
 //! memory, for what libblkio cannot show: a write reaching a read-only
 //! device, the QEMU-style `SET_MEM_TABLE` path with two regions and a
-//! descriptor spanning them, `GET_VRING_BASE`, and in-flight requests left
-//! by a previous backend being resubmitted (INFLIGHT_SHMFD).
+//! descriptor spanning them, `GET_VRING_BASE`, in-flight requests left
+//! by a previous backend being resubmitted (INFLIGHT_SHMFD), and the guest
+//! regions' presence in the process memory map (`bdev::memmap`).
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bdev::Bdev;
@@ -341,6 +342,187 @@ fn inflight_requests_are_resubmitted_after_a_restart() {
     assert_eq!(bdev.stats().writes.load(Relaxed), 1);
     // SAFETY: the mapping made above.
     unsafe { libc::munmap(area.cast(), msg.mmap_size as usize) };
+    ctrl.delete();
+    assert!(set.shutdown());
+}
+
+/// Where in each 1 MiB region the memory-map tests put their marker
+/// (clear of the rings, headers and data buffers used above).
+const MARK: u64 = 0x4_0000;
+const REGION: usize = 1 << 20;
+
+/// Records the backend's mappings of one test's guest memory as they are
+/// added to the memory map: 1 MiB regions whose marker (written by the
+/// test at `MARK` of each region, last byte the region's index) matches.
+struct Seen {
+    marker: [u8; 15],
+    added: Mutex<Vec<(u8, bdev::memmap::Region)>>,
+    removed: Mutex<Vec<u64>>,
+}
+
+impl bdev::memmap::Listener for Seen {
+    fn added(&self, r: &bdev::memmap::Region) {
+        if r.len != REGION {
+            return;
+        }
+        let mut m = [0u8; 16];
+        // SAFETY: a registered region is mapped, readable memory for as
+        // long as it is registered (the memory map's contract: guest
+        // mappings and aligned buffers in this process), and `added` runs
+        // under the map's lock, so it cannot go away meanwhile; MARK + 16
+        // is inside the region.
+        unsafe {
+            std::ptr::copy_nonoverlapping((r.addr + MARK as usize) as *const u8, m.as_mut_ptr(), 16)
+        };
+        if m[..15] == self.marker {
+            self.added.lock().unwrap().push((m[15], *r));
+        }
+    }
+    fn removed(&self, r: &bdev::memmap::Region) {
+        self.removed.lock().unwrap().push(r.id);
+    }
+}
+
+impl Seen {
+    /// Subscribes, after marking `g`'s two regions.
+    fn subscribe(g: &Guest, marker: &[u8; 15]) -> (Arc<Seen>, bdev::memmap::Subscription) {
+        for k in 0..2u8 {
+            let mut m = [0u8; 16];
+            m[..15].copy_from_slice(marker);
+            m[15] = k;
+            g.put(((k as u64) << 20) + MARK, &m);
+        }
+        let seen = Arc::new(Seen {
+            marker: *marker,
+            added: Mutex::new(Vec::new()),
+            removed: Mutex::new(Vec::new()),
+        });
+        let sub = bdev::memmap::subscribe(seen.clone());
+        (seen, sub)
+    }
+
+    /// Waits until `n` regions have been added after the first `skip`;
+    /// returns those, sorted by region index.
+    fn wait_added(&self, skip: usize, n: usize) -> Vec<(u8, bdev::memmap::Region)> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let a = self.added.lock().unwrap();
+            if a.len() >= skip + n {
+                assert_eq!(a.len(), skip + n, "more regions than expected: {a:?}");
+                let mut v = a[skip..].to_vec();
+                v.sort_by_key(|(k, _)| *k);
+                return v;
+            }
+            drop(a);
+            assert!(Instant::now() < deadline, "guest regions never registered");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+fn registered(id: u64) -> bool {
+    bdev::memmap::regions().iter().any(|r| r.id == id)
+}
+
+/// Waits until none of `regions` is in the memory map any more (the last
+/// snapshot a queue worker holds goes when the worker does, just after
+/// the control thread has stopped it).
+fn wait_gone(seen: &Seen, regions: &[(u8, bdev::memmap::Region)]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while regions.iter().any(|(_, r)| registered(r.id)) {
+        assert!(
+            Instant::now() < deadline,
+            "guest regions still registered: {regions:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let removed = seen.removed.lock().unwrap();
+    for (_, r) in regions {
+        assert!(removed.contains(&r.id), "listener not told of {r:?}");
+    }
+}
+
+#[test]
+fn guest_memory_is_in_the_memory_map_while_mapped() {
+    use bdev::memmap::find;
+    let (set, ctrl, _bdev, dir) = server(false);
+    let g = Guest::new();
+    let (seen, sub) = Seen::subscribe(&g, b"memmap-table-01");
+    let s = start(&dir.path().join("s.sock"), &g, None, 0);
+    let first = seen.wait_added(0, 2);
+    assert_eq!(first.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [0, 1]);
+    let (r0, r1) = (first[0].1, first[1].1);
+    assert_ne!(r0.addr, g.ptr as usize, "the backend's own mapping");
+    // The whole region, and the host address of a data buffer in each.
+    assert_eq!(find(r0.addr, REGION), Some(r0));
+    assert_eq!(find(r1.addr, REGION), Some(r1));
+    assert_eq!(find(r0.addr + DATA as usize, 2048), Some(r0));
+    assert_eq!(find(r1.addr + (DATA2 as usize - REGION), 4096), Some(r1));
+    assert_eq!(
+        find(r0.addr + DATA as usize, 4096),
+        None,
+        "straddles two mappings"
+    );
+    g.put(DATA2, &[0x77; 4096]);
+    g.chain(0, 1, 16, DATA2, 4096);
+    g.push(0, 0);
+    g.wait_used(1);
+    assert_eq!(g.status(0), 0);
+
+    // A new table (QEMU sends one on memory hot-plug) maps the regions
+    // again; the old mappings leave the map once the queue has let go.
+    s.fe.set_mem_table(&g.regions()).unwrap();
+    let second = seen.wait_added(2, 2);
+    assert!(second.iter().all(|(_, r)| r.id != r0.id && r.id != r1.id));
+    wait_gone(&seen, &first);
+    for (_, r) in &second {
+        assert_eq!(find(r.addr + MARK as usize, 16), Some(*r));
+    }
+    // The queue goes on over the new table.
+    g.chain(3, 0, 16, DATA, 2048);
+    g.push(1, 3);
+    g.wait_used(2);
+    assert_eq!(g.status(3), 0);
+    assert_eq!(g.get(DATA, 2048), vec![0x77; 2048]);
+
+    // The frontend goes away: the table is unmapped and unregistered.
+    drop(s);
+    wait_gone(&seen, &second);
+    drop(sub);
+    ctrl.delete();
+    assert!(set.shutdown());
+}
+
+#[test]
+fn added_and_removed_memory_slots_follow_the_memory_map() {
+    let (set, ctrl, _bdev, dir) = server(false);
+    let g = Guest::new();
+    let (seen, sub) = Seen::subscribe(&g, b"memmap-slots-02");
+    let mut fe = Frontend::connect(dir.path().join("s.sock"), 1).unwrap();
+    fe.set_owner().unwrap();
+    let f = fe.get_features().unwrap();
+    fe.set_features(f).unwrap();
+    let p = fe.get_protocol_features().unwrap();
+    fe.set_protocol_features(
+        p & (VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS | VhostUserProtocolFeatures::REPLY_ACK),
+    )
+    .unwrap();
+    assert!(fe.get_max_mem_slots().unwrap() >= 2);
+    let regions = g.regions();
+    fe.set_mem_table(&regions[..1]).unwrap();
+    let zero = seen.wait_added(0, 1);
+    assert_eq!(zero[0].0, 0);
+    fe.add_mem_region(&regions[1]).unwrap();
+    let one = seen.wait_added(1, 1);
+    assert_eq!(one[0].0, 1);
+    let r1 = one[0].1;
+    assert_eq!(bdev::memmap::find(r1.addr + 4096, 4096), Some(r1));
+    fe.remove_mem_region(&regions[1]).unwrap();
+    wait_gone(&seen, &one);
+    assert!(registered(zero[0].1.id), "region 0 is still mapped");
+    drop(fe);
+    wait_gone(&seen, &zero);
+    drop(sub);
     ctrl.delete();
     assert!(set.shutdown());
 }
