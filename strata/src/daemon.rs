@@ -12,7 +12,7 @@ use reactor::ReactorHandle;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::rpc::{code, params, Handler, RpcError};
+use crate::rpc::{code, params, srp_initiator, Handler, RpcError};
 
 /// The running daemon.
 pub struct Daemon {
@@ -160,6 +160,7 @@ const UNSERIALISED: &[&str] = &[
     "bdev_get_bdevs",
     "bdev_io",
     "bdev_raid1_get_status",
+    "bdev_srp_get_sessions",
 ];
 
 /// The method table: name → handler. `rpc_get_methods` lists it.
@@ -181,6 +182,12 @@ pub const METHODS: &[(&str, Handler)] = &[
     ("bdev_raid1_remove_member", bdev_raid1_remove_member),
     ("bdev_raid1_fail_member", bdev_raid1_fail_member),
     ("bdev_raid1_get_status", bdev_raid1_get_status),
+    ("bdev_srp_attach", srp_initiator::bdev_srp_attach),
+    ("bdev_srp_detach", srp_initiator::bdev_srp_detach),
+    (
+        "bdev_srp_get_sessions",
+        srp_initiator::bdev_srp_get_sessions,
+    ),
     ("srpt_target_create", srpt_target_create),
     ("srpt_get_sessions", srpt_get_sessions),
     ("srpt_target_delete", srpt_target_delete),

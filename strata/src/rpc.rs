@@ -24,6 +24,9 @@ use crate::daemon::Daemon;
 /// Standard JSON-RPC codes, and ours (SPDK uses negative errno values for
 /// its own failures; we keep the JSON-RPC reserved range for protocol
 /// errors and -32000.. for operation errors).
+/// `bdev_srp_*`: the SRP initiator.
+pub mod srp_initiator;
+
 pub mod code {
     /// Invalid JSON.
     pub const PARSE_ERROR: i32 = -32700;

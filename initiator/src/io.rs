@@ -1,0 +1,1297 @@
+//! The request engine of a channel: bdev requests split into SRP_CMDs
+//! (at the negotiated transfer size), data descriptors built from the
+//! memory map (direct for one segment, an indirect table for more: inline
+//! up to what the IU holds, the rest fetched by the target), immediate
+//! data, credits with one held back for task management, responses and
+//! their sense data, time-outs escalating ABORT TASK → LUN RESET →
+//! reconnect.
+//!
+//! Commands live in a fixed array indexed by the low 16 bits of their SRP
+//! tag; the upper bits carry a generation, so a late or duplicated
+//! response (or one for a tag never sent) is recognised and ignored.
+//! Requests live in a fixed pool; nothing here allocates per I/O.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bdev::{BdevInfo, IoRequest, IoStatus, IoType, IoVec, QueueFull};
+use srp::{
+    tsk_mgmt_rsp, DataDesc, DescList, DirectBuf, Encode, ImmediateData, IndirectBuf, Iu, Lun,
+    PortId, RspFlags, SrpCmd, TaskAttr, TaskMgmtFunction, TskMgmt,
+};
+
+use crate::conn::{
+    Conn, Phase, BOUNCE_BYTES, BOUNCE_SLOTS, RSP_SLOTS, SCRATCH_BYTES, TABLE_BYTES, TMF_SLOTS,
+};
+use crate::discovery::Geometry;
+use crate::params::SessionConfig;
+use crate::scsi::{self, Cdb, Outcome};
+use crate::session::PortState;
+
+/// Kinds of work request (top byte of `wr_id`).
+const WR_RECV: u64 = 0;
+const WR_CMD: u64 = 1;
+const WR_TMF: u64 = 2;
+const WR_RSP: u64 = 3;
+/// Tags of task management requests have this bit set.
+const TMF_TAG: u64 = 1 << 63;
+/// Tries of one command (unit attention, busy, aborted) before it fails.
+const MAX_RETRIES: u32 = 5;
+/// Descriptors one command may carry (the table slot's capacity).
+const MAX_DESCS: usize = TABLE_BYTES / DirectBuf::SIZE;
+/// How long an ABORT TASK may take before a LUN RESET (ib_srp's
+/// SRP_ABORT_TIMEOUT_MS), and a LUN RESET before a reconnect.
+const TMF_TIMEOUT: Duration = Duration::from_secs(5);
+/// Sense bytes kept from a response.
+const SENSE_MAX: usize = 96;
+
+pub(crate) fn wr_recv(slot: usize) -> u64 {
+    WR_RECV << 56 | slot as u64
+}
+
+fn wr(kind: u64, idx: usize) -> u64 {
+    kind << 56 | idx as u64
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CmdState {
+    Free,
+    /// Waiting to be sent (or sent again).
+    Queued,
+    Sent,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CmdKind {
+    Read,
+    Write {
+        fua: bool,
+    },
+    Flush,
+    Unmap,
+    WriteSameUnmap,
+    WriteZeroes,
+    /// Discovery: data-in into the scratch buffer.
+    Internal {
+        cdb: Cdb,
+        len: u32,
+    },
+}
+
+/// One SRP_CMD.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Cmd {
+    pub gen: u32,
+    pub state: CmdState,
+    pub kind: CmdKind,
+    /// The bdev request it belongs to (`u32::MAX`: internal).
+    pub req: u32,
+    pub lba: u64,
+    pub blocks: u32,
+    /// Byte offset of its data within the request, and length.
+    pub off: u64,
+    pub len: u32,
+    pub bounce: Option<u16>,
+    pub sent_at: Instant,
+    pub timed_out: bool,
+}
+
+impl Cmd {
+    fn free(now: Instant) -> Cmd {
+        Cmd {
+            gen: 0,
+            state: CmdState::Free,
+            kind: CmdKind::Flush,
+            req: u32::MAX,
+            lba: 0,
+            blocks: 0,
+            off: 0,
+            len: 0,
+            bounce: None,
+            sent_at: now,
+            timed_out: false,
+        }
+    }
+    fn tag(&self, idx: usize) -> u64 {
+        u64::from(self.gen) << 16 | idx as u64
+    }
+}
+
+/// One bdev request.
+struct Req {
+    busy: bool,
+    consumer: u32,
+    tag: u64,
+    op: IoType,
+    lba: u64,
+    fua: bool,
+    iovs: Vec<IoVec>,
+    /// Units (blocks; 1 for flush) issued so far, and in all.
+    next: u64,
+    total: u64,
+    outstanding: u32,
+    status: IoStatus,
+    retries: u32,
+    queued: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tmf {
+    Idle,
+    Abort {
+        ci: u16,
+        gen: u32,
+        tag: u64,
+        deadline: Instant,
+    },
+    Reset {
+        tag: u64,
+        deadline: Instant,
+    },
+}
+
+/// Geometry the data path needs.
+#[derive(Clone, Copy, Debug)]
+struct Geo {
+    block_size: u32,
+    chunk_blocks: u32,
+    unmap: bool,
+    unmap_chunk: u32,
+    ws_chunk: u32,
+}
+
+/// The engine's state (see the module docs).
+pub(crate) struct Engine {
+    pub cmds: Vec<Cmd>,
+    free_cmds: Vec<u16>,
+    reqs: Vec<Req>,
+    free_reqs: Vec<u32>,
+    waitq: VecDeque<u32>,
+    resendq: VecDeque<u16>,
+    tmf: Tmf,
+    tmf_seq: u64,
+    reset_waiters: Vec<u32>,
+    rsp_free: Vec<u16>,
+    bounce_free: Vec<u16>,
+    bounce_bytes: usize,
+    descs: Vec<DirectBuf>,
+    geo: Option<Geo>,
+    pub info: Option<BdevInfo>,
+    pub initiator_port_id: PortId,
+    lun: Lun,
+    cmd_timeout: Duration,
+    inflight: u32,
+}
+
+impl Engine {
+    pub fn new(q: usize, cfg: &SessionConfig) -> Engine {
+        let now = Instant::now();
+        let cap = (2 * q).max(64);
+        Engine {
+            cmds: vec![Cmd::free(now); q],
+            free_cmds: (0..q as u16).rev().collect(),
+            reqs: (0..cap)
+                .map(|_| Req {
+                    busy: false,
+                    consumer: 0,
+                    tag: 0,
+                    op: IoType::Read,
+                    lba: 0,
+                    fua: false,
+                    iovs: Vec::with_capacity(bdev::MAX_SEGMENTS),
+                    next: 0,
+                    total: 0,
+                    outstanding: 0,
+                    status: IoStatus::Success,
+                    retries: 0,
+                    queued: false,
+                })
+                .collect(),
+            free_reqs: (0..cap as u32).rev().collect(),
+            waitq: VecDeque::with_capacity(cap),
+            resendq: VecDeque::with_capacity(q),
+            tmf: Tmf::Idle,
+            tmf_seq: 0,
+            reset_waiters: Vec::with_capacity(cap),
+            rsp_free: (0..RSP_SLOTS as u16).collect(),
+            bounce_free: (0..BOUNCE_SLOTS as u16).collect(),
+            bounce_bytes: BOUNCE_BYTES,
+            descs: Vec::with_capacity(MAX_DESCS),
+            geo: None,
+            info: None,
+            initiator_port_id: PortId([0; 16]),
+            lun: Lun::from_single_level(cfg.lun).unwrap_or(Lun([0; 8])),
+            cmd_timeout: cfg.cmd_timeout,
+            inflight: 0,
+        }
+    }
+
+    /// Requests a channel holds at once.
+    pub fn capacity(&self) -> usize {
+        self.reqs.len()
+    }
+
+    pub fn set_geometry(&mut self, g: &Geometry, cfg: &SessionConfig) {
+        let bs = g.block_size;
+        let mut max = cfg.max_transfer.min(BOUNCE_BYTES as u32);
+        if g.limits.max_transfer_blocks > 0 {
+            max = max.min(g.limits.max_transfer_blocks.saturating_mul(bs));
+        }
+        let ws = if g.limits.max_write_same_blocks > 0 {
+            g.limits.max_write_same_blocks.min(65535) as u32
+        } else {
+            65535
+        };
+        self.geo = Some(Geo {
+            block_size: bs,
+            chunk_blocks: (max / bs).max(1),
+            unmap: g.use_unmap(),
+            unmap_chunk: g.limits.max_unmap_blocks.clamp(1, u32::MAX),
+            ws_chunk: ws,
+        });
+        self.info = Some(crate::bdev_info(&cfg.name, g, self.capacity()));
+    }
+}
+
+impl Conn {
+    pub fn set_geometry_inner(&mut self, g: &Geometry) {
+        let cfg = self.sh.cfg.clone();
+        self.engine.set_geometry(g, &cfg);
+    }
+
+    fn can_send(&self) -> bool {
+        // One credit is held back for task management (ib_srp's
+        // SRP_TSK_MGMT_SQ_SIZE).
+        self.phase == Phase::Live && self.neg.req_lim > 1 && self.sq_free > 0
+    }
+
+    fn push_done(&mut self, consumer: u32, tag: u64, st: IoStatus) {
+        if let Some(Some(q)) = self.consumers.get_mut(consumer as usize) {
+            q.q.push_back((tag, st));
+            q.inflight = q.inflight.saturating_sub(1);
+        }
+    }
+
+    /// Queues a bdev request (see `bdev::BdevChannel::submit`).
+    ///
+    /// # Safety
+    /// The iovecs must stay valid and exclusively lent until the
+    /// completion is reported.
+    pub unsafe fn submit(
+        &mut self,
+        consumer: u32,
+        req: &IoRequest<'_>,
+        tag: u64,
+    ) -> Result<(), QueueFull> {
+        if let Some(Some(c)) = self.consumers.get_mut(consumer as usize) {
+            c.inflight += 1;
+        }
+        // SAFETY: forwarded contract.
+        let r = unsafe { self.submit_inner(consumer, req, tag) };
+        if r.is_err() {
+            if let Some(Some(c)) = self.consumers.get_mut(consumer as usize) {
+                c.inflight -= 1;
+            }
+        }
+        r
+    }
+
+    /// # Safety
+    /// As [`Conn::submit`].
+    unsafe fn submit_inner(
+        &mut self,
+        consumer: u32,
+        req: &IoRequest<'_>,
+        tag: u64,
+    ) -> Result<(), QueueFull> {
+        let Some(info) = self.engine.info.as_ref() else {
+            self.push_done(consumer, tag, IoStatus::PathError);
+            return Ok(());
+        };
+        if let Err(st) = bdev::validate(info, req) {
+            self.push_done(consumer, tag, st);
+            return Ok(());
+        }
+        match self.sh.port_state() {
+            PortState::FailFast | PortState::Lost => {
+                self.sh.stats.failed_fast.fetch_add(1, Ordering::Relaxed);
+                self.push_done(consumer, tag, IoStatus::PathError);
+                return Ok(());
+            }
+            _ => {}
+        }
+        if req.io_type == IoType::Reset {
+            let Some(ri) = self.engine.free_reqs.pop() else {
+                return Err(QueueFull);
+            };
+            self.fill_req(ri, consumer, req, tag, 0);
+            self.engine.reset_waiters.push(ri);
+            if self.engine.tmf == Tmf::Idle && self.phase == Phase::Live {
+                self.start_reset();
+            }
+            return Ok(());
+        }
+        let Some(ri) = self.engine.free_reqs.pop() else {
+            return Err(QueueFull);
+        };
+        let total = if req.io_type.has_range() {
+            req.num_blocks
+        } else {
+            1
+        };
+        self.fill_req(ri, consumer, req, tag, total);
+        self.engine.reqs[ri as usize].queued = true;
+        self.engine.waitq.push_back(ri);
+        self.pump();
+        Ok(())
+    }
+
+    fn fill_req(&mut self, ri: u32, consumer: u32, req: &IoRequest<'_>, tag: u64, total: u64) {
+        let r = &mut self.engine.reqs[ri as usize];
+        r.busy = true;
+        r.consumer = consumer;
+        r.tag = tag;
+        r.op = req.io_type;
+        r.lba = req.offset_blocks;
+        r.fua = req.fua;
+        r.iovs.clear();
+        r.iovs.extend_from_slice(req.iovs);
+        r.next = 0;
+        r.total = total;
+        r.outstanding = 0;
+        r.status = IoStatus::Success;
+        r.retries = 0;
+        r.queued = false;
+    }
+
+    fn complete_req(&mut self, ri: u32) {
+        let r = &mut self.engine.reqs[ri as usize];
+        if !r.busy {
+            return;
+        }
+        r.busy = false;
+        r.queued = false;
+        let (c, t, s) = (r.consumer, r.tag, r.status);
+        self.engine.free_reqs.push(ri);
+        self.push_done(c, t, s);
+    }
+
+    /// Sends what can be sent. Returns the number of IUs posted.
+    pub fn pump(&mut self) -> usize {
+        if self.phase != Phase::Live {
+            return 0;
+        }
+        let running = self.sh.port_state() == PortState::Running;
+        let mut n = 0;
+        while let Some(&ci) = self.engine.resendq.front() {
+            let internal = matches!(self.engine.cmds[ci as usize].kind, CmdKind::Internal { .. });
+            if !self.can_send() || !(running || internal) {
+                break;
+            }
+            match self.send_cmd(ci as usize) {
+                Ok(()) => {
+                    self.engine.resendq.pop_front();
+                    n += 1;
+                }
+                Err(()) => break,
+            }
+        }
+        if !running {
+            return n;
+        }
+        while let Some(&ri) = self.engine.waitq.front() {
+            let r = &self.engine.reqs[ri as usize];
+            if !r.busy || r.next >= r.total {
+                self.engine.reqs[ri as usize].queued = false;
+                self.engine.waitq.pop_front();
+                continue;
+            }
+            if !self.can_send() || self.engine.free_cmds.is_empty() {
+                break;
+            }
+            let Some(ci) = self.next_chunk(ri) else {
+                break;
+            };
+            match self.send_cmd(ci) {
+                Ok(()) => n += 1,
+                Err(()) => {
+                    // No bounce buffer (or a post failed): try again later.
+                    self.engine.resendq.push_back(ci as u16);
+                    break;
+                }
+            }
+        }
+        self.info_publish();
+        n
+    }
+
+    fn info_publish(&self) {
+        let i = &self.sh.chans[self.ch];
+        i.req_lim.store(self.neg.req_lim, Ordering::Relaxed);
+        i.inflight.store(self.engine.inflight, Ordering::Relaxed);
+    }
+
+    /// Carves the next command out of request `ri`.
+    fn next_chunk(&mut self, ri: u32) -> Option<usize> {
+        let geo = self.engine.geo?;
+        let r = &self.engine.reqs[ri as usize];
+        let left = r.total - r.next;
+        let (kind, blocks) = match r.op {
+            IoType::Read => (CmdKind::Read, left.min(u64::from(geo.chunk_blocks))),
+            IoType::Write => (
+                CmdKind::Write { fua: r.fua },
+                left.min(u64::from(geo.chunk_blocks)),
+            ),
+            IoType::Flush => (CmdKind::Flush, 1),
+            IoType::Unmap if geo.unmap => (CmdKind::Unmap, left.min(u64::from(geo.unmap_chunk))),
+            IoType::Unmap => (CmdKind::WriteSameUnmap, left.min(u64::from(geo.ws_chunk))),
+            IoType::WriteZeroes => (CmdKind::WriteZeroes, left.min(u64::from(geo.ws_chunk))),
+            IoType::Reset => return None,
+        };
+        let ci = self.engine.free_cmds.pop()? as usize;
+        let lba = r.lba + r.next;
+        let off = r.next * u64::from(geo.block_size);
+        let len = if r.op.has_data() {
+            blocks as u32 * geo.block_size
+        } else {
+            0
+        };
+        let c = &mut self.engine.cmds[ci];
+        c.state = CmdState::Queued;
+        c.kind = kind;
+        c.req = ri;
+        c.lba = lba;
+        c.blocks = if r.op == IoType::Flush {
+            0
+        } else {
+            blocks as u32
+        };
+        c.off = off;
+        c.len = len;
+        c.bounce = None;
+        c.timed_out = false;
+        let r = &mut self.engine.reqs[ri as usize];
+        r.next += blocks;
+        r.outstanding += 1;
+        if r.next >= r.total {
+            r.queued = false;
+            self.engine.waitq.pop_front();
+        }
+        Some(ci)
+    }
+
+    /// Gathers the request's data `[off, off+len)` as descriptors from the
+    /// memory map into `engine.descs`. False if a piece is in no region or
+    /// there are too many pieces.
+    fn map_descs(&mut self, ri: u32, off: u64, len: u32) -> bool {
+        let Conn { engine, mrs, .. } = self;
+        let Some(mrs) = mrs.as_mut() else {
+            return false;
+        };
+        engine.descs.clear();
+        let mut skip = off as usize;
+        let mut want = len as usize;
+        for v in &engine.reqs[ri as usize].iovs {
+            if want == 0 {
+                break;
+            }
+            if skip >= v.len {
+                skip -= v.len;
+                continue;
+            }
+            let addr = v.base as usize + skip;
+            let n = (v.len - skip).min(want);
+            skip = 0;
+            want -= n;
+            let Some(e) = mrs.lookup(addr, n) else {
+                return false;
+            };
+            if engine.descs.len() == MAX_DESCS {
+                return false;
+            }
+            engine.descs.push(DirectBuf {
+                va: addr as u64,
+                key: e.rkey,
+                len: n as u32,
+            });
+        }
+        want == 0
+    }
+
+    /// Copies between the request's data `[off, off+len)` and `buf`.
+    ///
+    /// # Safety
+    /// The request's iovecs are valid (the submit contract) and `buf` does
+    /// not overlap them.
+    unsafe fn copy_data(&self, ri: u32, off: u64, buf: *mut u8, len: usize, to_buf: bool) {
+        let mut skip = off as usize;
+        let mut done = 0usize;
+        for v in &self.engine.reqs[ri as usize].iovs {
+            if done == len {
+                break;
+            }
+            if skip >= v.len {
+                skip -= v.len;
+                continue;
+            }
+            let n = (v.len - skip).min(len - done);
+            // SAFETY: `v.base + skip .. + n` lies in an iovec the submitter
+            // lent us until completion; `buf + done .. + n` lies in the
+            // caller's buffer of `len` bytes; they do not overlap.
+            unsafe {
+                let p = v.base.add(skip);
+                if to_buf {
+                    std::ptr::copy_nonoverlapping(p, buf.add(done), n);
+                } else {
+                    std::ptr::copy_nonoverlapping(buf.add(done), p, n);
+                }
+            }
+            skip = 0;
+            done += n;
+        }
+    }
+
+    /// Builds command `ci`'s SRP_CMD in its send slot and posts it.
+    fn send_cmd(&mut self, ci: usize) -> Result<(), ()> {
+        let c = self.engine.cmds[ci];
+        let Some(bufs) = self.bufs.as_ref() else {
+            return Err(());
+        };
+        let bs = self.engine.geo.map(|g| g.block_size).unwrap_or(512);
+        let (tables_addr, tables_rkey) = (
+            bufs.tables.mr().addr() + (ci * TABLE_BYTES) as u64,
+            bufs.tables.mr().rkey(),
+        );
+        let (bounce_base, bounce_rkey) = (bufs.bounce.mr().addr(), bufs.bounce.mr().rkey());
+        let (scratch_addr, scratch_rkey) = (bufs.scratch.mr().addr(), bufs.scratch.mr().rkey());
+        let (zero_addr, zero_rkey) = (bufs.zero.mr().addr(), bufs.zero.mr().rkey());
+        let (cdb, mut data_out, mut data_in): (Cdb, DataDesc<'_>, DataDesc<'_>);
+        let mut imm_len = 0usize;
+        let mut ndesc = 0usize;
+        let mut use_bounce = c.bounce;
+        match c.kind {
+            CmdKind::Read | CmdKind::Write { .. } => {
+                let write = matches!(c.kind, CmdKind::Write { .. });
+                cdb = match c.kind {
+                    CmdKind::Write { fua } => Cdb::write16(c.lba, c.blocks, fua),
+                    _ => Cdb::read16(c.lba, c.blocks),
+                };
+                let imm = write && self.neg.immediate && c.len <= self.neg.max_imm;
+                if imm {
+                    imm_len = c.len as usize;
+                } else if use_bounce.is_none() {
+                    let mapped = self.map_descs(c.req, c.off, c.len);
+                    let n = self.engine.descs.len();
+                    if !mapped || (n > 1 && self.neg.inline_descs == 0) {
+                        let Some(b) = self.engine.bounce_free.pop() else {
+                            return Err(());
+                        };
+                        if c.len as usize > self.engine.bounce_bytes {
+                            self.engine.bounce_free.push(b);
+                            return Err(());
+                        }
+                        use_bounce = Some(b);
+                        self.engine.cmds[ci].bounce = Some(b);
+                        self.sh.stats.bounce_cmds.fetch_add(1, Ordering::Relaxed);
+                        self.sh
+                            .stats
+                            .bounce_bytes
+                            .fetch_add(u64::from(c.len), Ordering::Relaxed);
+                        if write {
+                            let dst = bounce_base as usize + b as usize * self.engine.bounce_bytes;
+                            // SAFETY: the bounce slot is ours (taken from the
+                            // free list) and not named by any command in
+                            // flight; the iovecs are lent by the submitter.
+                            unsafe {
+                                self.copy_data(c.req, c.off, dst as *mut u8, c.len as usize, true)
+                            };
+                        }
+                    } else {
+                        ndesc = n;
+                        self.sh.stats.zero_copy_cmds.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                data_out = DataDesc::None;
+                data_in = DataDesc::None;
+                if let Some(b) = use_bounce {
+                    ndesc = 0;
+                    let d = DataDesc::Direct(DirectBuf {
+                        va: bounce_base + (b as usize * self.engine.bounce_bytes) as u64,
+                        key: bounce_rkey,
+                        len: c.len,
+                    });
+                    if write {
+                        data_out = d;
+                    } else {
+                        data_in = d;
+                    }
+                }
+            }
+            CmdKind::Flush => {
+                cdb = Cdb::sync_cache16();
+                data_out = DataDesc::None;
+                data_in = DataDesc::None;
+            }
+            CmdKind::Unmap => {
+                cdb = Cdb::unmap(24);
+                let slot = self
+                    .bufs
+                    .as_mut()
+                    .map(|b| &mut b.tables.as_mut_slice()[ci * TABLE_BYTES..]);
+                let Some(slot) = slot else { return Err(()) };
+                scsi::unmap_param_list(slot, c.lba, c.blocks);
+                data_out = DataDesc::Direct(DirectBuf {
+                    va: tables_addr,
+                    key: tables_rkey,
+                    len: 24,
+                });
+                data_in = DataDesc::None;
+            }
+            CmdKind::WriteSameUnmap | CmdKind::WriteZeroes => {
+                cdb = Cdb::write_same16(c.lba, c.blocks, c.kind == CmdKind::WriteSameUnmap);
+                data_out = DataDesc::Direct(DirectBuf {
+                    va: zero_addr,
+                    key: zero_rkey,
+                    len: bs,
+                });
+                data_in = DataDesc::None;
+            }
+            CmdKind::Internal { cdb: d, len } => {
+                cdb = d;
+                data_out = DataDesc::None;
+                data_in = if len > 0 {
+                    DataDesc::Direct(DirectBuf {
+                        va: scratch_addr,
+                        key: scratch_rkey,
+                        len: len.min(SCRATCH_BYTES as u32),
+                    })
+                } else {
+                    DataDesc::None
+                };
+            }
+        }
+        // Gen bump: any answer to an earlier send of this slot is stale.
+        let gen = self.engine.cmds[ci].gen.wrapping_add(1);
+        self.engine.cmds[ci].gen = gen;
+        let tag = self.engine.cmds[ci].tag(ci);
+        let lun = self.engine.lun;
+        let inline = self.neg.inline_descs;
+        // Indirect table: all entries in the table slot; the first ones
+        // inline as well.
+        if ndesc > 1 {
+            let Some(bufs) = self.bufs.as_mut() else {
+                return Err(());
+            };
+            let t = &mut bufs.tables.as_mut_slice()[ci * TABLE_BYTES..(ci + 1) * TABLE_BYTES];
+            for (k, d) in self.engine.descs.iter().enumerate() {
+                let _ = d.encode_at(t, k * DirectBuf::SIZE);
+            }
+            self.sh.stats.indirect_cmds.fetch_add(1, Ordering::Relaxed);
+            if ndesc > inline {
+                self.sh
+                    .stats
+                    .external_tables
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        // Immediate data: the descriptor now, the bytes copied in after.
+        static ZEROS: [u8; crate::params::MAX_IMM_DATA as usize] =
+            [0; crate::params::MAX_IMM_DATA as usize];
+        if imm_len > 0 {
+            data_out = DataDesc::Immediate(ImmediateData {
+                offset: srp::LINUX_IMM_DATA_OFFSET,
+                data: &ZEROS[..imm_len],
+            });
+        }
+        let ri = c.req;
+        let (off, clen) = (c.off, c.len);
+        let len = {
+            let Conn { engine, bufs, .. } = &mut *self;
+            let Some(b) = bufs.as_mut() else {
+                return Err(());
+            };
+            let descs: &[DirectBuf] = &engine.descs[..ndesc.min(engine.descs.len())];
+            if ndesc > 0 {
+                if matches!(c.kind, CmdKind::Write { .. }) {
+                    data_out = make(descs, tables_addr, tables_rkey, inline);
+                } else {
+                    data_in = make(descs, tables_addr, tables_rkey, inline);
+                }
+            }
+            let cmd = SrpCmd {
+                sol_not: 0,
+                tag,
+                lun,
+                task_attr: TaskAttr::Simple,
+                cdb: cdb.as_slice(),
+                data_out,
+                data_in,
+            };
+            let s = b.send_slot;
+            let slot = &mut b.send.as_mut_slice()[ci * s..(ci + 1) * s];
+            match cmd.encode(slot) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "encoding an SRP_CMD failed");
+                    return Err(());
+                }
+            }
+        };
+        if imm_len > 0 {
+            let s = self.bufs.as_ref().map(|b| b.send_slot).unwrap_or(0);
+            let dst = self.bufs.as_mut().map(|b| {
+                b.send.as_mut_slice()[ci * s + usize::from(srp::LINUX_IMM_DATA_OFFSET)..]
+                    .as_mut_ptr()
+            });
+            if let Some(dst) = dst {
+                // SAFETY: `dst` has `imm_len` bytes (the encoder checked the
+                // IU fits the slot); the iovecs are lent by the submitter.
+                unsafe { self.copy_data(ri, off, dst, clen as usize, true) };
+            }
+            self.sh.stats.immediate_cmds.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.post_iu(ci, len, wr(WR_CMD, ci)).is_err() {
+            return Err(());
+        }
+        self.neg.req_lim -= 1;
+        let now = self.now;
+        let cm = &mut self.engine.cmds[ci];
+        cm.state = CmdState::Sent;
+        cm.sent_at = now;
+        self.engine.inflight += 1;
+        self.sh.chans[self.ch]
+            .commands
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Queues an internal command (discovery) with `len` bytes of data-in.
+    pub(crate) fn internal_command(&mut self, cdb: Cdb, len: u32) -> Result<(), String> {
+        let ci = self.engine.free_cmds.pop().ok_or("no free command slot")? as usize;
+        let c = &mut self.engine.cmds[ci];
+        c.state = CmdState::Queued;
+        c.kind = CmdKind::Internal { cdb, len };
+        c.req = u32::MAX;
+        c.bounce = None;
+        c.timed_out = false;
+        self.engine.resendq.push_back(ci as u16);
+        self.pump();
+        Ok(())
+    }
+
+    fn free_cmd(&mut self, ci: usize) {
+        let c = &mut self.engine.cmds[ci];
+        if c.state == CmdState::Sent {
+            self.engine.inflight = self.engine.inflight.saturating_sub(1);
+        }
+        c.state = CmdState::Free;
+        if let Some(b) = c.bounce.take() {
+            self.engine.bounce_free.push(b);
+        }
+        self.engine.free_cmds.push(ci as u16);
+    }
+
+    /// Command `ci` finished with `st`: account it to its request.
+    fn finish_cmd(&mut self, ci: usize, st: IoStatus) {
+        let c = self.engine.cmds[ci];
+        if st.is_ok() && c.kind == CmdKind::Read {
+            if let (Some(b), Some(bufs)) = (c.bounce, self.bufs.as_ref()) {
+                let src = bufs.bounce.mr().addr() as usize + b as usize * self.engine.bounce_bytes;
+                // SAFETY: the target has finished writing the bounce slot
+                // (its response arrived); the iovecs are lent by the
+                // submitter until we complete the request.
+                unsafe { self.copy_data(c.req, c.off, src as *mut u8, c.len as usize, false) };
+            }
+        }
+        self.free_cmd(ci);
+        let ri = c.req;
+        let Some(r) = self.engine.reqs.get_mut(ri as usize) else {
+            return;
+        };
+        if !r.busy {
+            return;
+        }
+        r.outstanding = r.outstanding.saturating_sub(1);
+        if !st.is_ok() {
+            if r.status.is_ok() {
+                r.status = st;
+            }
+            r.next = r.total;
+        }
+        if r.outstanding == 0 && r.next >= r.total {
+            self.complete_req(ri);
+        }
+    }
+
+    /// Sends command `ci` again (unit attention, busy, aborted), or fails
+    /// it when it has been tried enough.
+    fn retry_cmd(&mut self, ci: usize) {
+        let c = self.engine.cmds[ci];
+        let tries = match self.engine.reqs.get_mut(c.req as usize) {
+            Some(r) => {
+                r.retries += 1;
+                r.retries
+            }
+            None => 0,
+        };
+        if tries > MAX_RETRIES {
+            self.finish_cmd(ci, IoStatus::PathError);
+            return;
+        }
+        self.sh.stats.retries.fetch_add(1, Ordering::Relaxed);
+        if self.engine.cmds[ci].state == CmdState::Sent {
+            self.engine.inflight = self.engine.inflight.saturating_sub(1);
+        }
+        self.engine.cmds[ci].state = CmdState::Queued;
+        self.engine.cmds[ci].timed_out = false;
+        self.engine.resendq.push_back(ci as u16);
+    }
+
+    // -------------------------------------------------------------------
+    // Completions
+
+    pub(crate) fn on_completion(&mut self, c: &rdma::Completion) {
+        let kind = c.wr_id >> 56;
+        let idx = (c.wr_id & 0xffff_ffff) as usize;
+        if kind == WR_RECV {
+            match c.status {
+                rdma::WcStatus::Success => self.on_recv(idx, c.byte_len as usize),
+                rdma::WcStatus::WrFlush => {}
+                s => self.lose(&format!("receive failed ({s:?})")),
+            }
+            return;
+        }
+        self.sq_free += 1;
+        if kind == WR_RSP {
+            self.engine.rsp_free.push(idx as u16);
+        }
+        match c.status {
+            rdma::WcStatus::Success | rdma::WcStatus::WrFlush => {}
+            rdma::WcStatus::RetryExceeded => {
+                self.lose("the target does not answer (transport retries exceeded)")
+            }
+            s => self.lose(&format!("send failed ({s:?})")),
+        }
+    }
+
+    fn on_recv(&mut self, slot: usize, len: usize) {
+        let Some(bytes) = self.recv_bytes(slot, len) else {
+            return;
+        };
+        // Copy out what we need, then give the slot back at once.
+        enum What {
+            Rsp {
+                tag: u64,
+                delta: i32,
+                status: u8,
+                flags: u8,
+                di: u32,
+                dout: u32,
+                tmf_code: Option<u8>,
+                sense: [u8; SENSE_MAX],
+                sense_len: usize,
+            },
+            Cred {
+                tag: u64,
+                delta: i32,
+            },
+            Aer {
+                tag: u64,
+                delta: i32,
+            },
+            Logout(srp::TLogoutReason),
+            Bad(String),
+        }
+        let what = match srp::decode_iu(bytes) {
+            Ok(Iu::Rsp(r)) => {
+                let mut sense = [0u8; SENSE_MAX];
+                let n = r.sense_data.len().min(SENSE_MAX);
+                sense[..n].copy_from_slice(&r.sense_data[..n]);
+                What::Rsp {
+                    tag: r.tag,
+                    delta: r.req_lim_delta,
+                    status: r.status,
+                    flags: r.flags.0,
+                    di: r.data_in_res_cnt,
+                    dout: r.data_out_res_cnt,
+                    tmf_code: r.tsk_mgmt_response_code(),
+                    sense,
+                    sense_len: n,
+                }
+            }
+            Ok(Iu::CredReq(r)) => What::Cred {
+                tag: r.tag,
+                delta: r.req_lim_delta,
+            },
+            Ok(Iu::AerReq(r)) => What::Aer {
+                tag: r.tag,
+                delta: r.req_lim_delta,
+            },
+            Ok(Iu::TLogout(t)) => What::Logout(t.reason),
+            Ok(other) => What::Bad(format!("unexpected {:?} from the target", other.opcode())),
+            Err(e) => What::Bad(format!("undecodable IU from the target ({e})")),
+        };
+        self.repost_recv(slot);
+        match what {
+            What::Rsp {
+                tag,
+                delta,
+                status,
+                flags,
+                di,
+                dout,
+                tmf_code,
+                sense,
+                sense_len,
+            } => {
+                self.add_credits(delta);
+                if tag & TMF_TAG != 0 {
+                    self.on_tmf_rsp(tag, tmf_code);
+                } else {
+                    self.on_cmd_rsp(tag, status, RspFlags(flags), di, dout, &sense[..sense_len]);
+                }
+            }
+            What::Cred { tag, delta } => {
+                self.sh.stats.cred_reqs.fetch_add(1, Ordering::Relaxed);
+                self.add_credits(delta);
+                self.answer_target(srp::Iu::CredRsp(srp::CredRsp { tag }));
+            }
+            What::Aer { tag, delta } => {
+                self.sh.stats.aer_reqs.fetch_add(1, Ordering::Relaxed);
+                self.add_credits(delta);
+                tracing::info!(bdev = %self.sh.cfg.name, "SRP_AER_REQ from the target (asynchronous event)");
+                self.answer_target(srp::Iu::AerRsp(srp::AerRsp { tag }));
+            }
+            What::Logout(reason) => {
+                self.lose(&format!("the target logged us out ({reason:?})"));
+            }
+            What::Bad(why) => {
+                self.sh
+                    .stats
+                    .protocol_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(bdev = %self.sh.cfg.name, channel = self.ch, "{why}: reconnecting");
+                self.lose(&why);
+            }
+        }
+        self.pump();
+    }
+
+    fn add_credits(&mut self, delta: i32) {
+        // A hostile delta cannot push the count beyond sense.
+        self.neg.req_lim = (self.neg.req_lim + i64::from(delta)).clamp(-(1 << 20), 1 << 20);
+    }
+
+    fn answer_target(&mut self, iu: srp::Iu<'_>) {
+        let Some(k) = self.engine.rsp_free.pop() else {
+            tracing::warn!("no send slot to answer the target");
+            return;
+        };
+        let slot = self.engine.cmds.len() + TMF_SLOTS + k as usize;
+        let n = match self.send_slot_mut(slot).map(|b| iu.encode(b)) {
+            Some(Ok(n)) => n,
+            _ => {
+                self.engine.rsp_free.push(k);
+                return;
+            }
+        };
+        if self.post_iu(slot, n, wr(WR_RSP, k as usize)).is_err() {
+            self.engine.rsp_free.push(k);
+        }
+    }
+
+    fn on_cmd_rsp(
+        &mut self,
+        tag: u64,
+        status: u8,
+        flags: RspFlags,
+        di: u32,
+        dout: u32,
+        sense: &[u8],
+    ) {
+        let ci = (tag & 0xffff) as usize;
+        let gen = (tag >> 16) as u32;
+        let ok = tag >> 48 == 0
+            && ci < self.engine.cmds.len()
+            && self.engine.cmds[ci].state == CmdState::Sent
+            && self.engine.cmds[ci].gen == gen;
+        if !ok {
+            self.unknown_tag(tag, "SRP_RSP");
+            return;
+        }
+        let c = self.engine.cmds[ci];
+        if let CmdKind::Internal { len, .. } = c.kind {
+            self.free_cmd(ci);
+            let got = if flags.contains(RspFlags::DIUNDER) {
+                len.saturating_sub(di)
+            } else {
+                len
+            };
+            self.discovery_answer(status, sense, got as usize);
+            return;
+        }
+        let mut outcome = scsi::classify(status, sense);
+        if outcome == Outcome::Done(IoStatus::Success) {
+            // Residuals: the target moved less (or wanted to move more)
+            // data than the command described.
+            let short = match c.kind {
+                CmdKind::Read => {
+                    (flags.contains(RspFlags::DIUNDER) && di > 0)
+                        || flags.contains(RspFlags::DIOVER)
+                }
+                CmdKind::Write { .. } => {
+                    (flags.contains(RspFlags::DOUNDER) && dout > 0)
+                        || flags.contains(RspFlags::DOOVER)
+                }
+                _ => false,
+            };
+            if short {
+                self.sh
+                    .stats
+                    .protocol_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(bdev = %self.sh.cfg.name, lba = c.lba, data_in_residual = di, data_out_residual = dout,
+                    "SRP_RSP reports a residual on a good status: failing the command");
+                outcome = Outcome::Done(IoStatus::MediumError);
+            }
+        }
+        match outcome {
+            Outcome::Retry => self.retry_cmd(ci),
+            Outcome::Done(st) => self.finish_cmd(ci, st),
+        }
+    }
+
+    // -------------------------------------------------------------------
+    // Time-outs and task management
+
+    fn send_tmf(&mut self, function: TaskMgmtFunction, task_tag: u64) -> Option<u64> {
+        if self.phase != Phase::Live || self.neg.req_lim < 1 || self.sq_free == 0 {
+            return None;
+        }
+        self.engine.tmf_seq += 1;
+        let tag = TMF_TAG | self.engine.tmf_seq;
+        let slot = self.engine.cmds.len();
+        let iu = TskMgmt {
+            sol_not: 0,
+            tag,
+            lun: self.engine.lun,
+            function,
+            task_tag,
+        };
+        let n = self.send_slot_mut(slot).map(|b| iu.encode(b))?.ok()?;
+        self.post_iu(slot, n, wr(WR_TMF, 0)).ok()?;
+        self.neg.req_lim -= 1;
+        Some(tag)
+    }
+
+    fn start_reset(&mut self) {
+        self.sh
+            .stats
+            .lun_resets_sent
+            .fetch_add(1, Ordering::Relaxed);
+        match self.send_tmf(TaskMgmtFunction::LunReset, 0) {
+            Some(tag) => {
+                tracing::warn!(bdev = %self.sh.cfg.name, channel = self.ch, "SRP: sending LUN RESET");
+                self.engine.tmf = Tmf::Reset {
+                    tag,
+                    deadline: self.now + TMF_TIMEOUT,
+                };
+            }
+            None => {
+                self.engine.tmf = Tmf::Idle;
+                self.lose("no credit left for a LUN RESET");
+            }
+        }
+    }
+
+    /// Looks for commands past `cmd_timeout` and escalates.
+    pub(crate) fn scan_timeouts(&mut self) -> usize {
+        if self.phase != Phase::Live {
+            return 0;
+        }
+        let now = self.now;
+        match self.engine.tmf {
+            Tmf::Abort { deadline, .. } if now > deadline => {
+                tracing::warn!(bdev = %self.sh.cfg.name, channel = self.ch,
+                    "ABORT TASK not answered within {} s: LUN RESET", TMF_TIMEOUT.as_secs());
+                self.start_reset();
+                return 1;
+            }
+            Tmf::Reset { deadline, .. } if now > deadline => {
+                tracing::warn!(bdev = %self.sh.cfg.name, channel = self.ch,
+                    "LUN RESET not answered within {} s: reconnecting", TMF_TIMEOUT.as_secs());
+                self.lose("task management not answered");
+                return 1;
+            }
+            Tmf::Idle => {}
+            _ => return 0,
+        }
+        if !self.engine.reset_waiters.is_empty() {
+            self.start_reset();
+            return 1;
+        }
+        let tmo = self.engine.cmd_timeout;
+        let mut oldest: Option<(usize, Instant)> = None;
+        for (i, c) in self.engine.cmds.iter().enumerate() {
+            if c.state == CmdState::Sent
+                && !c.timed_out
+                && now.duration_since(c.sent_at) > tmo
+                && oldest.is_none_or(|(_, t)| c.sent_at < t)
+            {
+                oldest = Some((i, c.sent_at));
+            }
+        }
+        let Some((ci, _)) = oldest else {
+            return 0;
+        };
+        self.engine.cmds[ci].timed_out = true;
+        self.sh.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+        self.sh.stats.aborts_sent.fetch_add(1, Ordering::Relaxed);
+        let c = self.engine.cmds[ci];
+        let task = c.tag(ci);
+        match self.send_tmf(TaskMgmtFunction::AbortTask, task) {
+            Some(tag) => {
+                tracing::warn!(bdev = %self.sh.cfg.name, channel = self.ch, lba = c.lba,
+                    "SRP command timed out after {} s: ABORT TASK", tmo.as_secs_f64());
+                self.engine.tmf = Tmf::Abort {
+                    ci: ci as u16,
+                    gen: c.gen,
+                    tag,
+                    deadline: now + TMF_TIMEOUT,
+                };
+            }
+            None => self.lose("a command timed out and no credit is left for ABORT TASK"),
+        }
+        1
+    }
+
+    fn on_tmf_rsp(&mut self, tag: u64, code: Option<u8>) {
+        let ok = code == Some(tsk_mgmt_rsp::COMPLETE);
+        match self.engine.tmf {
+            Tmf::Abort {
+                ci, gen, tag: t, ..
+            } if t == tag => {
+                self.engine.tmf = Tmf::Idle;
+                let ci = ci as usize;
+                let still =
+                    self.engine.cmds[ci].state == CmdState::Sent && self.engine.cmds[ci].gen == gen;
+                if ok {
+                    self.sh
+                        .stats
+                        .aborts_succeeded
+                        .fetch_add(1, Ordering::Relaxed);
+                    if still {
+                        tracing::info!(bdev = %self.sh.cfg.name, channel = self.ch, "ABORT TASK succeeded: retrying the command");
+                        self.retry_cmd(ci);
+                    }
+                } else if still {
+                    tracing::warn!(bdev = %self.sh.cfg.name, channel = self.ch, code, "ABORT TASK failed: LUN RESET");
+                    self.start_reset();
+                }
+            }
+            Tmf::Reset { tag: t, .. } if t == tag => {
+                self.engine.tmf = Tmf::Idle;
+                if ok {
+                    self.sh
+                        .stats
+                        .lun_resets_succeeded
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(bdev = %self.sh.cfg.name, channel = self.ch, "LUN RESET succeeded: resending what was outstanding");
+                    // The target dropped every task of the LU: send them again.
+                    for ci in 0..self.engine.cmds.len() {
+                        let c = self.engine.cmds[ci];
+                        if c.state == CmdState::Sent && !matches!(c.kind, CmdKind::Internal { .. })
+                        {
+                            self.retry_cmd(ci);
+                        }
+                    }
+                    self.finish_resets(IoStatus::Success);
+                } else {
+                    self.finish_resets(IoStatus::PathError);
+                    self.lose("LUN RESET failed");
+                }
+            }
+            _ => self.unknown_tag(tag, "task management response"),
+        }
+    }
+
+    fn finish_resets(&mut self, st: IoStatus) {
+        while let Some(ri) = self.engine.reset_waiters.pop() {
+            self.engine.reqs[ri as usize].status = st;
+            self.complete_req(ri);
+        }
+    }
+
+    // -------------------------------------------------------------------
+    // Connection loss
+
+    /// The connection is gone: everything sent is queued to be sent again
+    /// (the target will not answer it); credits are void.
+    pub(crate) fn requeue_all(&mut self, _keep_io: bool) {
+        self.engine.tmf = Tmf::Idle;
+        // A reset's effect (nothing left in flight on the old nexus) is
+        // reached by the reconnect itself.
+        self.finish_resets(IoStatus::Success);
+        for ci in 0..self.engine.cmds.len() {
+            if self.engine.cmds[ci].state == CmdState::Sent {
+                self.engine.cmds[ci].state = CmdState::Queued;
+                self.engine.cmds[ci].timed_out = false;
+                self.engine.resendq.push_back(ci as u16);
+            }
+        }
+        self.engine.inflight = 0;
+        self.engine.rsp_free = (0..RSP_SLOTS as u16).collect();
+        self.neg.req_lim = 0;
+        self.sq_free = 0;
+        self.info_publish();
+    }
+
+    /// Completes every request with `st` (the connection is down). Returns
+    /// how many.
+    pub(crate) fn fail_everything(&mut self, st: IoStatus) -> usize {
+        while let Some(ci) = self.engine.resendq.pop_front() {
+            let ci = ci as usize;
+            if matches!(self.engine.cmds[ci].kind, CmdKind::Internal { .. }) {
+                self.free_cmd(ci);
+                continue;
+            }
+            self.free_cmd(ci);
+        }
+        for ci in 0..self.engine.cmds.len() {
+            if self.engine.cmds[ci].state != CmdState::Free {
+                self.free_cmd(ci);
+            }
+        }
+        self.engine.waitq.clear();
+        let mut n = 0;
+        for ri in 0..self.engine.reqs.len() as u32 {
+            if self.engine.reqs[ri as usize].busy {
+                self.engine.reqs[ri as usize].status = st;
+                self.complete_req(ri);
+                n += 1;
+            }
+        }
+        self.engine.reset_waiters.clear();
+        n
+    }
+}
+
+/// The data descriptor for `list`: direct for one entry, otherwise an
+/// indirect descriptor whose table (all entries) sits at `tables_addr`,
+/// with the first `inline` entries copied into the IU.
+fn make(list: &[DirectBuf], tables_addr: u64, tables_rkey: u32, inline: usize) -> DataDesc<'_> {
+    if list.len() == 1 {
+        DataDesc::Direct(list[0])
+    } else {
+        DataDesc::Indirect(IndirectBuf {
+            table_desc: DirectBuf {
+                va: tables_addr,
+                key: tables_rkey,
+                len: (list.len() * DirectBuf::SIZE) as u32,
+            },
+            total_len: list.iter().map(|d| d.len).sum(),
+            partial: DescList::from_slice(&list[..list.len().min(inline)]),
+        })
+    }
+}
