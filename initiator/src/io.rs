@@ -17,40 +17,33 @@ use std::time::{Duration, Instant};
 
 use bdev::{BdevInfo, IoRequest, IoStatus, IoType, IoVec, QueueFull};
 use srp::{
-    tsk_mgmt_rsp, DataDesc, DescList, DirectBuf, Encode, ImmediateData, IndirectBuf, Iu, Lun,
-    PortId, RspFlags, SrpCmd, TaskAttr, TaskMgmtFunction, TskMgmt,
+    DataDesc, DescList, DirectBuf, Encode, ImmediateData, IndirectBuf, Lun, PortId, SrpCmd,
+    TaskAttr,
 };
 
-use crate::conn::{
-    Conn, Phase, BOUNCE_BYTES, BOUNCE_SLOTS, RSP_SLOTS, SCRATCH_BYTES, TABLE_BYTES, TMF_SLOTS,
-};
+use crate::conn::{Conn, Phase, BOUNCE_BYTES, BOUNCE_SLOTS, RSP_SLOTS, SCRATCH_BYTES, TABLE_BYTES};
 use crate::discovery::Geometry;
 use crate::params::SessionConfig;
-use crate::scsi::{self, Cdb, Outcome};
+use crate::scsi::{self, Cdb};
 use crate::session::PortState;
 
 /// Kinds of work request (top byte of `wr_id`).
-const WR_RECV: u64 = 0;
-const WR_CMD: u64 = 1;
-const WR_TMF: u64 = 2;
-const WR_RSP: u64 = 3;
+pub(crate) const WR_RECV: u64 = 0;
+pub(crate) const WR_CMD: u64 = 1;
+pub(crate) const WR_TMF: u64 = 2;
+pub(crate) const WR_RSP: u64 = 3;
 /// Tags of task management requests have this bit set.
-const TMF_TAG: u64 = 1 << 63;
+pub(crate) const TMF_TAG: u64 = 1 << 63;
 /// Tries of one command (unit attention, busy, aborted) before it fails.
-const MAX_RETRIES: u32 = 5;
+pub(crate) const MAX_RETRIES: u32 = 5;
 /// Descriptors one command may carry (the table slot's capacity).
 const MAX_DESCS: usize = TABLE_BYTES / DirectBuf::SIZE;
-/// How long an ABORT TASK may take before a LUN RESET (ib_srp's
-/// SRP_ABORT_TIMEOUT_MS), and a LUN RESET before a reconnect.
-const TMF_TIMEOUT: Duration = Duration::from_secs(5);
-/// Sense bytes kept from a response.
-const SENSE_MAX: usize = 96;
 
 pub(crate) fn wr_recv(slot: usize) -> u64 {
     WR_RECV << 56 | slot as u64
 }
 
-fn wr(kind: u64, idx: usize) -> u64 {
+pub(crate) fn wr(kind: u64, idx: usize) -> u64 {
     kind << 56 | idx as u64
 }
 
@@ -98,7 +91,7 @@ pub(crate) struct Cmd {
 }
 
 impl Cmd {
-    fn free(now: Instant) -> Cmd {
+    pub(crate) fn free(now: Instant) -> Cmd {
         Cmd {
             gen: 0,
             state: CmdState::Free,
@@ -113,31 +106,31 @@ impl Cmd {
             timed_out: false,
         }
     }
-    fn tag(&self, idx: usize) -> u64 {
+    pub(crate) fn tag(&self, idx: usize) -> u64 {
         u64::from(self.gen) << 16 | idx as u64
     }
 }
 
 /// One bdev request.
-struct Req {
-    busy: bool,
-    consumer: u32,
-    tag: u64,
-    op: IoType,
-    lba: u64,
-    fua: bool,
-    iovs: Vec<IoVec>,
+pub(crate) struct Req {
+    pub(crate) busy: bool,
+    pub(crate) consumer: u32,
+    pub(crate) tag: u64,
+    pub(crate) op: IoType,
+    pub(crate) lba: u64,
+    pub(crate) fua: bool,
+    pub(crate) iovs: Vec<IoVec>,
     /// Units (blocks; 1 for flush) issued so far, and in all.
-    next: u64,
-    total: u64,
-    outstanding: u32,
-    status: IoStatus,
-    retries: u32,
-    queued: bool,
+    pub(crate) next: u64,
+    pub(crate) total: u64,
+    pub(crate) outstanding: u32,
+    pub(crate) status: IoStatus,
+    pub(crate) retries: u32,
+    pub(crate) queued: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Tmf {
+pub(crate) enum Tmf {
     Idle,
     Abort {
         ci: u16,
@@ -153,7 +146,7 @@ enum Tmf {
 
 /// Geometry the data path needs.
 #[derive(Clone, Copy, Debug)]
-struct Geo {
+pub(crate) struct Geo {
     block_size: u32,
     chunk_blocks: u32,
     unmap: bool,
@@ -164,24 +157,24 @@ struct Geo {
 /// The engine's state (see the module docs).
 pub(crate) struct Engine {
     pub cmds: Vec<Cmd>,
-    free_cmds: Vec<u16>,
-    reqs: Vec<Req>,
-    free_reqs: Vec<u32>,
-    waitq: VecDeque<u32>,
-    resendq: VecDeque<u16>,
-    tmf: Tmf,
-    tmf_seq: u64,
-    reset_waiters: Vec<u32>,
-    rsp_free: Vec<u16>,
-    bounce_free: Vec<u16>,
-    bounce_bytes: usize,
-    descs: Vec<DirectBuf>,
-    geo: Option<Geo>,
+    pub(crate) free_cmds: Vec<u16>,
+    pub(crate) reqs: Vec<Req>,
+    pub(crate) free_reqs: Vec<u32>,
+    pub(crate) waitq: VecDeque<u32>,
+    pub(crate) resendq: VecDeque<u16>,
+    pub(crate) tmf: Tmf,
+    pub(crate) tmf_seq: u64,
+    pub(crate) reset_waiters: Vec<u32>,
+    pub(crate) rsp_free: Vec<u16>,
+    pub(crate) bounce_free: Vec<u16>,
+    pub(crate) bounce_bytes: usize,
+    pub(crate) descs: Vec<DirectBuf>,
+    pub(crate) geo: Option<Geo>,
     pub info: Option<BdevInfo>,
     pub initiator_port_id: PortId,
-    lun: Lun,
-    cmd_timeout: Duration,
-    inflight: u32,
+    pub(crate) lun: Lun,
+    pub(crate) cmd_timeout: Duration,
+    pub(crate) inflight: u32,
 }
 
 impl Engine {
@@ -260,13 +253,13 @@ impl Conn {
         self.engine.set_geometry(g, &cfg);
     }
 
-    fn can_send(&self) -> bool {
+    pub(crate) fn can_send(&self) -> bool {
         // One credit is held back for task management (ib_srp's
         // SRP_TSK_MGMT_SQ_SIZE).
         self.phase == Phase::Live && self.neg.req_lim > 1 && self.sq_free > 0
     }
 
-    fn push_done(&mut self, consumer: u32, tag: u64, st: IoStatus) {
+    pub(crate) fn push_done(&mut self, consumer: u32, tag: u64, st: IoStatus) {
         if let Some(Some(q)) = self.consumers.get_mut(consumer as usize) {
             q.q.push_back((tag, st));
             q.inflight = q.inflight.saturating_sub(1);
@@ -299,7 +292,7 @@ impl Conn {
 
     /// # Safety
     /// As [`Conn::submit`].
-    unsafe fn submit_inner(
+    pub(crate) unsafe fn submit_inner(
         &mut self,
         consumer: u32,
         req: &IoRequest<'_>,
@@ -347,7 +340,14 @@ impl Conn {
         Ok(())
     }
 
-    fn fill_req(&mut self, ri: u32, consumer: u32, req: &IoRequest<'_>, tag: u64, total: u64) {
+    pub(crate) fn fill_req(
+        &mut self,
+        ri: u32,
+        consumer: u32,
+        req: &IoRequest<'_>,
+        tag: u64,
+        total: u64,
+    ) {
         let r = &mut self.engine.reqs[ri as usize];
         r.busy = true;
         r.consumer = consumer;
@@ -365,7 +365,7 @@ impl Conn {
         r.queued = false;
     }
 
-    fn complete_req(&mut self, ri: u32) {
+    pub(crate) fn complete_req(&mut self, ri: u32) {
         let r = &mut self.engine.reqs[ri as usize];
         if !r.busy {
             return;
@@ -426,14 +426,14 @@ impl Conn {
         n
     }
 
-    fn info_publish(&self) {
+    pub(crate) fn info_publish(&self) {
         let i = &self.sh.chans[self.ch];
         i.req_lim.store(self.neg.req_lim, Ordering::Relaxed);
         i.inflight.store(self.engine.inflight, Ordering::Relaxed);
     }
 
     /// Carves the next command out of request `ri`.
-    fn next_chunk(&mut self, ri: u32) -> Option<usize> {
+    pub(crate) fn next_chunk(&mut self, ri: u32) -> Option<usize> {
         let geo = self.engine.geo?;
         let r = &self.engine.reqs[ri as usize];
         let left = r.total - r.next;
@@ -484,7 +484,7 @@ impl Conn {
     /// Gathers the request's data `[off, off+len)` as descriptors from the
     /// memory map into `engine.descs`. False if a piece is in no region or
     /// there are too many pieces.
-    fn map_descs(&mut self, ri: u32, off: u64, len: u32) -> bool {
+    pub(crate) fn map_descs(&mut self, ri: u32, off: u64, len: u32) -> bool {
         let Conn { engine, mrs, .. } = self;
         let Some(mrs) = mrs.as_mut() else {
             return false;
@@ -524,7 +524,14 @@ impl Conn {
     /// # Safety
     /// The request's iovecs are valid (the submit contract) and `buf` does
     /// not overlap them.
-    unsafe fn copy_data(&self, ri: u32, off: u64, buf: *mut u8, len: usize, to_buf: bool) {
+    pub(crate) unsafe fn copy_data(
+        &self,
+        ri: u32,
+        off: u64,
+        buf: *mut u8,
+        len: usize,
+        to_buf: bool,
+    ) {
         let mut skip = off as usize;
         let mut done = 0usize;
         for v in &self.engine.reqs[ri as usize].iovs {
@@ -553,7 +560,7 @@ impl Conn {
     }
 
     /// Builds command `ci`'s SRP_CMD in its send slot and posts it.
-    fn send_cmd(&mut self, ci: usize) -> Result<(), ()> {
+    pub(crate) fn send_cmd(&mut self, ci: usize) -> Result<(), ()> {
         let c = self.engine.cmds[ci];
         let Some(bufs) = self.bufs.as_ref() else {
             return Err(());
@@ -780,7 +787,7 @@ impl Conn {
         Ok(())
     }
 
-    fn free_cmd(&mut self, ci: usize) {
+    pub(crate) fn free_cmd(&mut self, ci: usize) {
         let c = &mut self.engine.cmds[ci];
         if c.state == CmdState::Sent {
             self.engine.inflight = self.engine.inflight.saturating_sub(1);
@@ -793,7 +800,7 @@ impl Conn {
     }
 
     /// Command `ci` finished with `st`: account it to its request.
-    fn finish_cmd(&mut self, ci: usize, st: IoStatus) {
+    pub(crate) fn finish_cmd(&mut self, ci: usize, st: IoStatus) {
         let c = self.engine.cmds[ci];
         if st.is_ok() && c.kind == CmdKind::Read {
             if let (Some(b), Some(bufs)) = (c.bounce, self.bufs.as_ref()) {
@@ -826,7 +833,7 @@ impl Conn {
 
     /// Sends command `ci` again (unit attention, busy, aborted), or fails
     /// it when it has been tried enough.
-    fn retry_cmd(&mut self, ci: usize) {
+    pub(crate) fn retry_cmd(&mut self, ci: usize) {
         let c = self.engine.cmds[ci];
         let tries = match self.engine.reqs.get_mut(c.req as usize) {
             Some(r) => {
@@ -846,434 +853,6 @@ impl Conn {
         self.engine.cmds[ci].state = CmdState::Queued;
         self.engine.cmds[ci].timed_out = false;
         self.engine.resendq.push_back(ci as u16);
-    }
-
-    // -------------------------------------------------------------------
-    // Completions
-
-    pub(crate) fn on_completion(&mut self, c: &rdma::Completion) {
-        let kind = c.wr_id >> 56;
-        let idx = (c.wr_id & 0xffff_ffff) as usize;
-        if kind == WR_RECV {
-            match c.status {
-                rdma::WcStatus::Success => self.on_recv(idx, c.byte_len as usize),
-                rdma::WcStatus::WrFlush => {}
-                s => self.lose(&format!("receive failed ({s:?})")),
-            }
-            return;
-        }
-        self.sq_free += 1;
-        if kind == WR_RSP {
-            self.engine.rsp_free.push(idx as u16);
-        }
-        match c.status {
-            rdma::WcStatus::Success | rdma::WcStatus::WrFlush => {}
-            rdma::WcStatus::RetryExceeded => {
-                self.lose("the target does not answer (transport retries exceeded)")
-            }
-            s => self.lose(&format!("send failed ({s:?})")),
-        }
-    }
-
-    fn on_recv(&mut self, slot: usize, len: usize) {
-        let Some(bytes) = self.recv_bytes(slot, len) else {
-            return;
-        };
-        // Copy out what we need, then give the slot back at once.
-        enum What {
-            Rsp {
-                tag: u64,
-                delta: i32,
-                status: u8,
-                flags: u8,
-                di: u32,
-                dout: u32,
-                tmf_code: Option<u8>,
-                sense: [u8; SENSE_MAX],
-                sense_len: usize,
-            },
-            Cred {
-                tag: u64,
-                delta: i32,
-            },
-            Aer {
-                tag: u64,
-                delta: i32,
-            },
-            Logout(srp::TLogoutReason),
-            Bad(String),
-        }
-        let what = match srp::decode_iu(bytes) {
-            Ok(Iu::Rsp(r)) => {
-                let mut sense = [0u8; SENSE_MAX];
-                let n = r.sense_data.len().min(SENSE_MAX);
-                sense[..n].copy_from_slice(&r.sense_data[..n]);
-                What::Rsp {
-                    tag: r.tag,
-                    delta: r.req_lim_delta,
-                    status: r.status,
-                    flags: r.flags.0,
-                    di: r.data_in_res_cnt,
-                    dout: r.data_out_res_cnt,
-                    tmf_code: r.tsk_mgmt_response_code(),
-                    sense,
-                    sense_len: n,
-                }
-            }
-            Ok(Iu::CredReq(r)) => What::Cred {
-                tag: r.tag,
-                delta: r.req_lim_delta,
-            },
-            Ok(Iu::AerReq(r)) => What::Aer {
-                tag: r.tag,
-                delta: r.req_lim_delta,
-            },
-            Ok(Iu::TLogout(t)) => What::Logout(t.reason),
-            Ok(other) => What::Bad(format!("unexpected {:?} from the target", other.opcode())),
-            Err(e) => What::Bad(format!("undecodable IU from the target ({e})")),
-        };
-        self.repost_recv(slot);
-        match what {
-            What::Rsp {
-                tag,
-                delta,
-                status,
-                flags,
-                di,
-                dout,
-                tmf_code,
-                sense,
-                sense_len,
-            } => {
-                self.add_credits(delta);
-                if tag & TMF_TAG != 0 {
-                    self.on_tmf_rsp(tag, tmf_code);
-                } else {
-                    self.on_cmd_rsp(tag, status, RspFlags(flags), di, dout, &sense[..sense_len]);
-                }
-            }
-            What::Cred { tag, delta } => {
-                self.sh.stats.cred_reqs.fetch_add(1, Ordering::Relaxed);
-                self.add_credits(delta);
-                self.answer_target(srp::Iu::CredRsp(srp::CredRsp { tag }));
-            }
-            What::Aer { tag, delta } => {
-                self.sh.stats.aer_reqs.fetch_add(1, Ordering::Relaxed);
-                self.add_credits(delta);
-                tracing::info!(bdev = %self.sh.cfg.name, "SRP_AER_REQ from the target (asynchronous event)");
-                self.answer_target(srp::Iu::AerRsp(srp::AerRsp { tag }));
-            }
-            What::Logout(reason) => {
-                self.lose(&format!("the target logged us out ({reason:?})"));
-            }
-            What::Bad(why) => {
-                self.sh
-                    .stats
-                    .protocol_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(bdev = %self.sh.cfg.name, channel = self.ch, "{why}: reconnecting");
-                self.lose(&why);
-            }
-        }
-        self.pump();
-    }
-
-    fn add_credits(&mut self, delta: i32) {
-        // A hostile delta cannot push the count beyond sense.
-        self.neg.req_lim = (self.neg.req_lim + i64::from(delta)).clamp(-(1 << 20), 1 << 20);
-    }
-
-    fn answer_target(&mut self, iu: srp::Iu<'_>) {
-        let Some(k) = self.engine.rsp_free.pop() else {
-            tracing::warn!("no send slot to answer the target");
-            return;
-        };
-        let slot = self.engine.cmds.len() + TMF_SLOTS + k as usize;
-        let n = match self.send_slot_mut(slot).map(|b| iu.encode(b)) {
-            Some(Ok(n)) => n,
-            _ => {
-                self.engine.rsp_free.push(k);
-                return;
-            }
-        };
-        if self.post_iu(slot, n, wr(WR_RSP, k as usize)).is_err() {
-            self.engine.rsp_free.push(k);
-        }
-    }
-
-    fn on_cmd_rsp(
-        &mut self,
-        tag: u64,
-        status: u8,
-        flags: RspFlags,
-        di: u32,
-        dout: u32,
-        sense: &[u8],
-    ) {
-        let ci = (tag & 0xffff) as usize;
-        let gen = (tag >> 16) as u32;
-        let ok = tag >> 48 == 0
-            && ci < self.engine.cmds.len()
-            && self.engine.cmds[ci].state == CmdState::Sent
-            && self.engine.cmds[ci].gen == gen;
-        if !ok {
-            self.unknown_tag(tag, "SRP_RSP");
-            return;
-        }
-        let c = self.engine.cmds[ci];
-        if let CmdKind::Internal { len, .. } = c.kind {
-            self.free_cmd(ci);
-            let got = if flags.contains(RspFlags::DIUNDER) {
-                len.saturating_sub(di)
-            } else {
-                len
-            };
-            self.discovery_answer(status, sense, got as usize);
-            return;
-        }
-        let mut outcome = scsi::classify(status, sense);
-        if outcome == Outcome::Done(IoStatus::Success) {
-            // Residuals: the target moved less (or wanted to move more)
-            // data than the command described.
-            let short = match c.kind {
-                CmdKind::Read => {
-                    (flags.contains(RspFlags::DIUNDER) && di > 0)
-                        || flags.contains(RspFlags::DIOVER)
-                }
-                CmdKind::Write { .. } => {
-                    (flags.contains(RspFlags::DOUNDER) && dout > 0)
-                        || flags.contains(RspFlags::DOOVER)
-                }
-                _ => false,
-            };
-            if short {
-                self.sh
-                    .stats
-                    .protocol_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(bdev = %self.sh.cfg.name, lba = c.lba, data_in_residual = di, data_out_residual = dout,
-                    "SRP_RSP reports a residual on a good status: failing the command");
-                outcome = Outcome::Done(IoStatus::MediumError);
-            }
-        }
-        match outcome {
-            Outcome::Retry => self.retry_cmd(ci),
-            Outcome::Done(st) => self.finish_cmd(ci, st),
-        }
-    }
-
-    // -------------------------------------------------------------------
-    // Time-outs and task management
-
-    fn send_tmf(&mut self, function: TaskMgmtFunction, task_tag: u64) -> Option<u64> {
-        if self.phase != Phase::Live || self.neg.req_lim < 1 || self.sq_free == 0 {
-            return None;
-        }
-        self.engine.tmf_seq += 1;
-        let tag = TMF_TAG | self.engine.tmf_seq;
-        let slot = self.engine.cmds.len();
-        let iu = TskMgmt {
-            sol_not: 0,
-            tag,
-            lun: self.engine.lun,
-            function,
-            task_tag,
-        };
-        let n = self.send_slot_mut(slot).map(|b| iu.encode(b))?.ok()?;
-        self.post_iu(slot, n, wr(WR_TMF, 0)).ok()?;
-        self.neg.req_lim -= 1;
-        Some(tag)
-    }
-
-    fn start_reset(&mut self) {
-        self.sh
-            .stats
-            .lun_resets_sent
-            .fetch_add(1, Ordering::Relaxed);
-        match self.send_tmf(TaskMgmtFunction::LunReset, 0) {
-            Some(tag) => {
-                tracing::warn!(bdev = %self.sh.cfg.name, channel = self.ch, "SRP: sending LUN RESET");
-                self.engine.tmf = Tmf::Reset {
-                    tag,
-                    deadline: self.now + TMF_TIMEOUT,
-                };
-            }
-            None => {
-                self.engine.tmf = Tmf::Idle;
-                self.lose("no credit left for a LUN RESET");
-            }
-        }
-    }
-
-    /// Looks for commands past `cmd_timeout` and escalates.
-    pub(crate) fn scan_timeouts(&mut self) -> usize {
-        if self.phase != Phase::Live {
-            return 0;
-        }
-        let now = self.now;
-        match self.engine.tmf {
-            Tmf::Abort { deadline, .. } if now > deadline => {
-                tracing::warn!(bdev = %self.sh.cfg.name, channel = self.ch,
-                    "ABORT TASK not answered within {} s: LUN RESET", TMF_TIMEOUT.as_secs());
-                self.start_reset();
-                return 1;
-            }
-            Tmf::Reset { deadline, .. } if now > deadline => {
-                tracing::warn!(bdev = %self.sh.cfg.name, channel = self.ch,
-                    "LUN RESET not answered within {} s: reconnecting", TMF_TIMEOUT.as_secs());
-                self.lose("task management not answered");
-                return 1;
-            }
-            Tmf::Idle => {}
-            _ => return 0,
-        }
-        if !self.engine.reset_waiters.is_empty() {
-            self.start_reset();
-            return 1;
-        }
-        let tmo = self.engine.cmd_timeout;
-        let mut oldest: Option<(usize, Instant)> = None;
-        for (i, c) in self.engine.cmds.iter().enumerate() {
-            if c.state == CmdState::Sent
-                && !c.timed_out
-                && now.duration_since(c.sent_at) > tmo
-                && oldest.is_none_or(|(_, t)| c.sent_at < t)
-            {
-                oldest = Some((i, c.sent_at));
-            }
-        }
-        let Some((ci, _)) = oldest else {
-            return 0;
-        };
-        self.engine.cmds[ci].timed_out = true;
-        self.sh.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-        self.sh.stats.aborts_sent.fetch_add(1, Ordering::Relaxed);
-        let c = self.engine.cmds[ci];
-        let task = c.tag(ci);
-        match self.send_tmf(TaskMgmtFunction::AbortTask, task) {
-            Some(tag) => {
-                tracing::warn!(bdev = %self.sh.cfg.name, channel = self.ch, lba = c.lba,
-                    "SRP command timed out after {} s: ABORT TASK", tmo.as_secs_f64());
-                self.engine.tmf = Tmf::Abort {
-                    ci: ci as u16,
-                    gen: c.gen,
-                    tag,
-                    deadline: now + TMF_TIMEOUT,
-                };
-            }
-            None => self.lose("a command timed out and no credit is left for ABORT TASK"),
-        }
-        1
-    }
-
-    fn on_tmf_rsp(&mut self, tag: u64, code: Option<u8>) {
-        let ok = code == Some(tsk_mgmt_rsp::COMPLETE);
-        match self.engine.tmf {
-            Tmf::Abort {
-                ci, gen, tag: t, ..
-            } if t == tag => {
-                self.engine.tmf = Tmf::Idle;
-                let ci = ci as usize;
-                let still =
-                    self.engine.cmds[ci].state == CmdState::Sent && self.engine.cmds[ci].gen == gen;
-                if ok {
-                    self.sh
-                        .stats
-                        .aborts_succeeded
-                        .fetch_add(1, Ordering::Relaxed);
-                    if still {
-                        tracing::info!(bdev = %self.sh.cfg.name, channel = self.ch, "ABORT TASK succeeded: retrying the command");
-                        self.retry_cmd(ci);
-                    }
-                } else if still {
-                    tracing::warn!(bdev = %self.sh.cfg.name, channel = self.ch, code, "ABORT TASK failed: LUN RESET");
-                    self.start_reset();
-                }
-            }
-            Tmf::Reset { tag: t, .. } if t == tag => {
-                self.engine.tmf = Tmf::Idle;
-                if ok {
-                    self.sh
-                        .stats
-                        .lun_resets_succeeded
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(bdev = %self.sh.cfg.name, channel = self.ch, "LUN RESET succeeded: resending what was outstanding");
-                    // The target dropped every task of the LU: send them again.
-                    for ci in 0..self.engine.cmds.len() {
-                        let c = self.engine.cmds[ci];
-                        if c.state == CmdState::Sent && !matches!(c.kind, CmdKind::Internal { .. })
-                        {
-                            self.retry_cmd(ci);
-                        }
-                    }
-                    self.finish_resets(IoStatus::Success);
-                } else {
-                    self.finish_resets(IoStatus::PathError);
-                    self.lose("LUN RESET failed");
-                }
-            }
-            _ => self.unknown_tag(tag, "task management response"),
-        }
-    }
-
-    fn finish_resets(&mut self, st: IoStatus) {
-        while let Some(ri) = self.engine.reset_waiters.pop() {
-            self.engine.reqs[ri as usize].status = st;
-            self.complete_req(ri);
-        }
-    }
-
-    // -------------------------------------------------------------------
-    // Connection loss
-
-    /// The connection is gone: everything sent is queued to be sent again
-    /// (the target will not answer it); credits are void.
-    pub(crate) fn requeue_all(&mut self, _keep_io: bool) {
-        self.engine.tmf = Tmf::Idle;
-        // A reset's effect (nothing left in flight on the old nexus) is
-        // reached by the reconnect itself.
-        self.finish_resets(IoStatus::Success);
-        for ci in 0..self.engine.cmds.len() {
-            if self.engine.cmds[ci].state == CmdState::Sent {
-                self.engine.cmds[ci].state = CmdState::Queued;
-                self.engine.cmds[ci].timed_out = false;
-                self.engine.resendq.push_back(ci as u16);
-            }
-        }
-        self.engine.inflight = 0;
-        self.engine.rsp_free = (0..RSP_SLOTS as u16).collect();
-        self.neg.req_lim = 0;
-        self.sq_free = 0;
-        self.info_publish();
-    }
-
-    /// Completes every request with `st` (the connection is down). Returns
-    /// how many.
-    pub(crate) fn fail_everything(&mut self, st: IoStatus) -> usize {
-        while let Some(ci) = self.engine.resendq.pop_front() {
-            let ci = ci as usize;
-            if matches!(self.engine.cmds[ci].kind, CmdKind::Internal { .. }) {
-                self.free_cmd(ci);
-                continue;
-            }
-            self.free_cmd(ci);
-        }
-        for ci in 0..self.engine.cmds.len() {
-            if self.engine.cmds[ci].state != CmdState::Free {
-                self.free_cmd(ci);
-            }
-        }
-        self.engine.waitq.clear();
-        let mut n = 0;
-        for ri in 0..self.engine.reqs.len() as u32 {
-            if self.engine.reqs[ri as usize].busy {
-                self.engine.reqs[ri as usize].status = st;
-                self.complete_req(ri);
-                n += 1;
-            }
-        }
-        self.engine.reset_waiters.clear();
-        n
     }
 }
 

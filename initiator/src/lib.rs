@@ -40,8 +40,10 @@ pub mod discovery;
 mod io;
 mod mrmap;
 pub mod params;
+mod rsp;
 pub mod scsi;
 pub mod session;
+mod tmf;
 
 use std::any::Any;
 use std::cell::RefCell;
