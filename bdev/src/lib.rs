@@ -401,6 +401,15 @@ pub trait Bdev: Send + Sync + 'static {
     /// directly: it adds statistics.
     fn open_module_channel(&self) -> Result<Box<dyn BdevChannel>, BdevError>;
 
+    /// An identifier that is the same on every path to the same device:
+    /// what multipath compares to tell that two bdevs reach one logical
+    /// unit. SCSI-backed bdevs (the SRP initiator) return the VPD page 0x83
+    /// designator in Linux's `wwid` form (`naa.…`, `eui.…`); every other
+    /// bdev its UUID.
+    fn device_id(&self) -> String {
+        format_uuid(&self.info().uuid)
+    }
+
     /// Names of the bdevs this one is built on (claimed while it exists).
     fn base_bdevs(&self) -> Vec<String> {
         Vec::new()

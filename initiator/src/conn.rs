@@ -134,6 +134,8 @@ pub(crate) struct Negotiated {
 pub(crate) struct Consumer {
     pub q: VecDeque<(u64, IoStatus)>,
     pub inflight: usize,
+    /// A proxy on another reactor (reactor, key): completions go there.
+    pub forward: Option<(usize, u64)>,
 }
 
 /// One channel.
@@ -161,6 +163,10 @@ pub(crate) struct Conn {
     pub next_scan: Instant,
     /// Completions not yet reported, per consumer.
     pub consumers: Vec<Option<Consumer>>,
+    /// Consumers standing for proxies on other reactors, by (reactor, key).
+    pub remote: HashMap<(usize, u64), u32>,
+    /// Proxied requests that found the channel full.
+    pub remote_backlog: VecDeque<(u32, u64, crate::proxy::Forwarded)>,
     wc: [Completion; 32],
     logged_unknown: bool,
 }
@@ -190,6 +196,8 @@ impl Conn {
             now,
             next_scan: now,
             consumers: Vec::new(),
+            remote: HashMap::new(),
+            remote_backlog: VecDeque::new(),
             wc: [Completion::EMPTY; 32],
             logged_unknown: false,
         }
@@ -669,6 +677,9 @@ impl Conn {
             self.next_scan = now + Duration::from_millis(50);
             n += self.scan_timeouts();
         }
+        if !self.remote_backlog.is_empty() {
+            n += self.retry_remote();
+        }
         n + self.pump()
     }
 
@@ -711,6 +722,7 @@ impl Conn {
         let q = Consumer {
             q: VecDeque::with_capacity(self.engine.capacity()),
             inflight: 0,
+            forward: None,
         };
         if let Some(i) = self.consumers.iter().position(|c| c.is_none()) {
             self.consumers[i] = Some(q);

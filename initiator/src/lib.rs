@@ -40,6 +40,7 @@ pub mod discovery;
 mod io;
 mod mrmap;
 pub mod params;
+mod proxy;
 mod rsp;
 pub mod scsi;
 pub mod session;
@@ -226,11 +227,6 @@ impl SrpBdev {
         &self.geometry
     }
 
-    /// The VPD 0x83 device identifier (Linux wwid form), if the LU has one.
-    pub fn device_id(&self) -> Option<&str> {
-        self.geometry.device_id.as_deref()
-    }
-
     /// The port state.
     pub fn port_state(&self) -> PortState {
         self.shared.port_state()
@@ -296,27 +292,32 @@ impl Bdev for SrpBdev {
     }
 
     fn open_module_channel(&self) -> Result<Box<dyn BdevChannel>, BdevError> {
-        let Some(conn) = conn::lookup(self.shared.id) else {
+        if !reactor::on_reactor() {
             return Err(BdevError::Other(format!(
-                "SRP bdev {} has no channel on reactor {} (ch_count {}): open it on one of reactors {:?}",
-                self.info.name,
-                if reactor::on_reactor() { reactor::current() } else { usize::MAX },
-                self.shared.active.load(Ordering::Relaxed),
-                self.shared.chans[..self.shared.active.load(Ordering::Relaxed)]
-                    .iter()
-                    .map(|c| c.reactor)
-                    .collect::<Vec<_>>()
-            )));
-        };
-        let ch = conn.borrow().ch;
-        if ch >= self.shared.active.load(Ordering::Relaxed) {
-            return Err(BdevError::Other(format!(
-                "SRP bdev {}: the channel on this reactor is not connected (ch_count truncated)",
+                "SRP bdev {}: channels are opened on reactors",
                 self.info.name
             )));
         }
-        let consumer = conn.borrow_mut().add_consumer();
-        Ok(Box::new(SrpChannel { conn, consumer }))
+        let active = self.shared.active.load(Ordering::Relaxed).max(1);
+        let local = conn::lookup(self.shared.id).filter(|c| c.borrow().ch < active);
+        match local {
+            Some(conn) => {
+                let consumer = conn.borrow_mut().add_consumer();
+                Ok(Box::new(SrpChannel { conn, consumer }))
+            }
+            // No channel of ours on this reactor: borrow one elsewhere.
+            None => Ok(Box::new(proxy::ProxyChannel::new(
+                Arc::clone(&self.shared),
+                reactor::current() % active,
+            ))),
+        }
+    }
+
+    fn device_id(&self) -> String {
+        match &self.geometry.device_id {
+            Some(id) => id.clone(),
+            None => bdev::format_uuid(&self.info.uuid),
+        }
     }
 
     fn driver_specific(&self) -> Option<serde_json::Value> {

@@ -31,7 +31,8 @@ fn attach_discovers_the_lu_and_passes_conformance() {
     assert_eq!(info.kind, "srp");
     // The device id is the target's VPD 0x83 designator.
     let want = tgt.target.as_ref().unwrap().lun_designator(0).unwrap();
-    assert_eq!(b.device_id(), Some(format!("eui.{want}").as_str()));
+    assert_eq!(b.device_id(), format!("eui.{want}"));
+    assert_eq!(b.geometry().device_id, Some(format!("eui.{want}")));
     assert_eq!(
         b.geometry().serial,
         tgt.target.as_ref().unwrap().lun_serial(0)
@@ -342,4 +343,30 @@ fn flush_fua_unmap_write_zeroes_reach_the_target() {
     // Out of range: invalid, not sent.
     let st = write(&ini, 0, &b, 1023, 8, 1, 1, true);
     assert_eq!(st, IoStatus::InvalidRequest);
+}
+
+#[test]
+fn a_reactor_without_a_channel_borrows_one() {
+    init_tracing();
+    let port = port();
+    let tgt = TargetSide::new(port, 4);
+    let ini = reactors(2);
+    let b = attach(port, serde_json::json!({"ch_count": 1}), &ini);
+    assert_eq!(session(&b)["ch_count"], 1);
+    assert_eq!(tgt.target.as_ref().unwrap().channel_count(), 1);
+    // Reactor 1 has no channel: its requests go through reactor 0's.
+    assert_eq!(write(&ini, 1, &b, 40, 64, 8, 16, true), IoStatus::Success);
+    assert_eq!(
+        verify(&ini, 1, &b, 40, 64, 8, 3, true),
+        (IoStatus::Success, 0)
+    );
+    assert_eq!(
+        verify(&ini, 0, &b, 40, 64, 8, 1, true),
+        (IoStatus::Success, 0)
+    );
+    assert_eq!(target_verify(&tgt, 40, 64, 8), 0);
+    assert_eq!(
+        session(&b)["channels"][0]["commands"].as_u64().unwrap() >= 3,
+        true
+    );
 }

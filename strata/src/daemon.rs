@@ -267,6 +267,7 @@ pub fn bdev_json(registry: &BdevRegistry, b: &Arc<dyn Bdev>) -> Value {
         "block_size": i.block_size,
         "num_blocks": i.num_blocks,
         "uuid": bdev::format_uuid(&i.uuid),
+        "device_id": b.device_id(),
         "claimed": claimed_by.is_some(),
         "claimed_by": claimed_by,
         "supported_io_types": supported,

@@ -1,0 +1,182 @@
+//! Consumers on a reactor that has no channel of the session (`ch_count`
+//! below the number of reactors, or truncated at login): their requests
+//! travel to a channel's reactor as messages and the completions come back
+//! the same way. This costs a message (an allocation) each way per request,
+//! which the one-channel-per-reactor default never pays.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bdev::{BdevChannel, IoRequest, IoStatus, IoType, IoVec, QueueFull};
+
+use crate::conn::{self, Conn};
+use crate::session::Shared;
+
+type Done = Rc<RefCell<VecDeque<(u64, IoStatus)>>>;
+
+thread_local! {
+    static PROXIES: RefCell<HashMap<u64, Done>> = RefCell::new(HashMap::new());
+}
+
+static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+
+/// A request that crosses reactors.
+pub(crate) struct Forwarded {
+    pub io_type: IoType,
+    pub lba: u64,
+    pub blocks: u64,
+    pub fua: bool,
+    pub iovs: Vec<IoVec>,
+}
+
+// SAFETY: the iovecs name memory the submitter lent to this request until
+// its completion is reported (the `BdevChannel::submit` contract); the
+// channel on the other reactor uses it exactly as a local request would
+// (RDMA and bounce copies), and the completion travels back before the
+// submitter may reuse it.
+unsafe impl Send for Forwarded {}
+
+/// The consumer side, on a reactor without a channel.
+pub(crate) struct ProxyChannel {
+    sh: Arc<Shared>,
+    /// Reactor of the channel that carries our requests.
+    owner: usize,
+    key: u64,
+    here: usize,
+    done: Done,
+    inflight: usize,
+}
+
+impl ProxyChannel {
+    /// A proxy on the calling reactor over channel `ch` of the session.
+    pub fn new(sh: Arc<Shared>, ch: usize) -> ProxyChannel {
+        let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+        let done: Done = Rc::new(RefCell::new(VecDeque::new()));
+        PROXIES.with(|m| m.borrow_mut().insert(key, Rc::clone(&done)));
+        let owner = sh.chans[ch].reactor;
+        tracing::debug!(bdev = %sh.cfg.name, owner, "SRP channel proxied from another reactor");
+        ProxyChannel {
+            owner,
+            key,
+            here: reactor::current(),
+            done,
+            inflight: 0,
+            sh,
+        }
+    }
+}
+
+impl BdevChannel for ProxyChannel {
+    unsafe fn submit(&mut self, req: &IoRequest<'_>, tag: u64) -> Result<(), QueueFull> {
+        let f = Forwarded {
+            io_type: req.io_type,
+            lba: req.offset_blocks,
+            blocks: req.num_blocks,
+            fua: req.fua,
+            iovs: req.iovs.to_vec(),
+        };
+        let (sid, key, here) = (self.sh.id, self.key, self.here);
+        self.inflight += 1;
+        reactor::send(self.owner, move || {
+            let handled = conn::with_conn(sid, |c| c.remote_submit(here, key, tag, f));
+            if handled.is_none() {
+                // The session's channel is gone (detached): fail it here.
+                reactor::send(here, move || deliver(key, tag, IoStatus::PathError));
+            }
+        });
+        Ok(())
+    }
+
+    fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
+        let mut n = 0;
+        loop {
+            let next = self.done.borrow_mut().pop_front();
+            let Some((t, s)) = next else { break };
+            self.inflight = self.inflight.saturating_sub(1);
+            n += 1;
+            done(t, s);
+        }
+        n
+    }
+
+    fn inflight(&self) -> usize {
+        self.inflight
+    }
+}
+
+impl Drop for ProxyChannel {
+    fn drop(&mut self) {
+        PROXIES.with(|m| m.borrow_mut().remove(&self.key));
+        let (sid, key, here) = (self.sh.id, self.key, self.here);
+        reactor::send(self.owner, move || {
+            conn::with_conn(sid, |c| c.remote_gone(here, key));
+        });
+    }
+}
+
+/// Delivers a completion to proxy `key` of the calling reactor.
+pub(crate) fn deliver(key: u64, tag: u64, st: IoStatus) {
+    if let Some(d) = PROXIES.with(|m| m.borrow().get(&key).cloned()) {
+        d.borrow_mut().push_back((tag, st));
+    }
+}
+
+impl Conn {
+    /// A request from a proxy on reactor `from`.
+    pub(crate) fn remote_submit(&mut self, from: usize, key: u64, tag: u64, f: Forwarded) {
+        let c = match self.remote.get(&(from, key)) {
+            Some(&c) => c,
+            None => {
+                let c = self.add_consumer();
+                if let Some(Some(x)) = self.consumers.get_mut(c as usize) {
+                    x.forward = Some((from, key));
+                }
+                self.remote.insert((from, key), c);
+                c
+            }
+        };
+        let req = IoRequest {
+            io_type: f.io_type,
+            offset_blocks: f.lba,
+            num_blocks: f.blocks,
+            iovs: &f.iovs,
+            fua: f.fua,
+        };
+        // SAFETY: the proxy's submitter lent the memory until completion
+        // (see `Forwarded`).
+        if unsafe { self.submit(c, &req, tag) }.is_err() {
+            self.remote_backlog.push_back((c, tag, f));
+        }
+    }
+
+    /// Retries requests from proxies that found the channel full.
+    pub(crate) fn retry_remote(&mut self) -> usize {
+        let mut n = 0;
+        while let Some((c, tag, f)) = self.remote_backlog.pop_front() {
+            let req = IoRequest {
+                io_type: f.io_type,
+                offset_blocks: f.lba,
+                num_blocks: f.blocks,
+                iovs: &f.iovs,
+                fua: f.fua,
+            };
+            // SAFETY: as in `remote_submit`.
+            if unsafe { self.submit(c, &req, tag) }.is_err() {
+                self.remote_backlog.push_front((c, tag, f));
+                break;
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// The proxy on reactor `from` was dropped.
+    pub(crate) fn remote_gone(&mut self, from: usize, key: u64) {
+        if let Some(c) = self.remote.remove(&(from, key)) {
+            self.remove_consumer(c);
+        }
+    }
+}
