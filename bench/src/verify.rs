@@ -79,6 +79,10 @@ pub struct Params {
     pub size: Option<u64>,
     /// Requests in flight.
     pub queue_depth: usize,
+    /// Split every request into segments of at most this many bytes, placed
+    /// apart in memory (a gap after each); `None`: the device's size_max,
+    /// contiguous.
+    pub seg_size: Option<usize>,
     /// Pattern block size; `None`: the device's logical block size.
     pub block_size: Option<u32>,
     /// What to do.
@@ -107,6 +111,7 @@ impl Default for Params {
             offset: 0,
             size: None,
             queue_depth: 4,
+            seg_size: None,
             block_size: None,
             mode: Mode::WriteVerify,
             duration: None,
@@ -342,6 +347,9 @@ struct Run<'a> {
     slots: Vec<Slot>,
     comps: Vec<MaybeUninit<Completion>>,
     seg_len: usize,
+    /// Distance between segment starts in a slot's buffer (`seg_len`, or
+    /// twice that when scattered).
+    stride: usize,
     bs: usize,
     region_off: u64,
     region_len: u64,
@@ -366,19 +374,29 @@ impl Run<'_> {
         s.started = Instant::now();
         s.iovs.clear();
         let mut done = 0;
+        let mut k = 0;
         while done < len {
             let n = (len - done).min(self.seg_len);
+            let base = s.buf.wrapping_add(k * self.stride);
+            // SAFETY: segment k lies in the slot's buffer (`stride` x
+            // segments bytes of the mapped region), owned by this slot while
+            // no request uses it.
+            let b = unsafe { std::slice::from_raw_parts_mut(base, n) };
+            if phase == Phase::Write {
+                fill_pattern(b, (off + done as u64) / self.bs as u64, self.bs, seed);
+            } else {
+                // Poison first, so a read that "succeeds" without moving
+                // data cannot pass.
+                b.fill(0xa5);
+            }
             s.iovs.push(blkio::iovec {
-                iov_base: s.buf.wrapping_add(done).cast(),
+                iov_base: base.cast(),
                 iov_len: n,
             });
             done += n;
+            k += 1;
         }
         if phase == Phase::Write {
-            // SAFETY: the slot's buffer is `io_size` bytes of the mapped
-            // region, owned by this slot while no request uses it.
-            let b = unsafe { std::slice::from_raw_parts_mut(s.buf, len) };
-            fill_pattern(b, off / self.bs as u64, self.bs, seed);
             self.q.writev(
                 off,
                 s.iovs.as_ptr(),
@@ -387,10 +405,6 @@ impl Run<'_> {
                 ReqFlags::empty(),
             );
         } else {
-            // Poison first, so a read that "succeeds" without moving data
-            // cannot pass.
-            // SAFETY: as above.
-            unsafe { std::ptr::write_bytes(s.buf, 0xa5, len) };
             self.q.readv(
                 off,
                 s.iovs.as_ptr(),
@@ -402,12 +416,22 @@ impl Run<'_> {
     }
 
     fn check(&mut self, slot: usize, seed: u64) {
-        let (off, len) = self.chunk_range(self.slots[slot].chunk);
-        // SAFETY: the read into this slot's buffer has completed.
-        let b = unsafe { std::slice::from_raw_parts(self.slots[slot].buf, len) };
-        let first_lba = off / self.bs as u64;
-        for (k, block) in b.chunks(self.bs).enumerate() {
-            let lba = first_lba + k as u64;
+        let (off, _) = self.chunk_range(self.slots[slot].chunk);
+        let mut lba = off / self.bs as u64;
+        for i in 0..self.slots[slot].iovs.len() {
+            let v = self.slots[slot].iovs[i];
+            // SAFETY: the read into this segment has completed; the slot's
+            // buffer is not reused before the next submit.
+            let b = unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
+            for block in b.chunks(self.bs) {
+                self.check_block(block, lba, seed);
+                lba += 1;
+            }
+        }
+    }
+
+    fn check_block(&mut self, block: &[u8], lba: u64, seed: u64) {
+        {
             let mut first_bad = None;
             let mut bad_words = 0;
             for (j, w) in block.chunks_exact(8).enumerate() {
@@ -624,12 +648,28 @@ pub fn run(p: Params) -> Result<Report, VerifyError> {
     }
     // Segments: at most size_max bytes each (and page-sized pieces never
     // straddle anything: the buffers are aligned).
-    let seg_len = if max_seg_len == 0 {
+    let mut seg_len = if max_seg_len == 0 {
         p.io_size
     } else {
         (max_seg_len / bs as usize * bs as usize)
             .max(bs as usize)
             .min(p.io_size)
+    };
+    if let Some(want) = p.seg_size {
+        if want == 0 || !want.is_multiple_of(bs as usize) {
+            return Err(VerifyError::Param(
+                "seg_size",
+                format!("{want} is not a positive multiple of the block size {bs}"),
+            ));
+        }
+        seg_len = seg_len.min(want);
+    }
+    // Scattered: a gap of one segment after each, so no layer can merge
+    // neighbours into one buffer.
+    let stride = if p.seg_size.is_some() {
+        2 * seg_len
+    } else {
+        seg_len
     };
     let segs = p.io_size.div_ceil(seg_len);
     if max_segs != 0 && segs > max_segs {
@@ -642,7 +682,7 @@ pub fn run(p: Params) -> Result<Report, VerifyError> {
             ),
         ));
     }
-    let slot_bytes = p.io_size.next_multiple_of(mem_align);
+    let slot_bytes = (segs * stride).next_multiple_of(mem_align);
     let mem_len = (slot_bytes * p.queue_depth).next_multiple_of(2 << 20);
     let mem = b.alloc_mem_region(mem_len).map_err(be)?;
     b.map_mem_region(&mem).map_err(be)?;
@@ -663,6 +703,7 @@ pub fn run(p: Params) -> Result<Report, VerifyError> {
         slots,
         comps: (0..p.queue_depth).map(|_| MaybeUninit::uninit()).collect(),
         seg_len,
+        stride,
         bs: bs as usize,
         region_off: p.offset,
         region_len,

@@ -35,13 +35,14 @@ usage:
       Drive any vhost-user-blk server through libblkio (one client thread;
       --poll: a polling queue, otherwise event-driven).
   strata verify vhost --socket PATH [--seed N] [--bs BYTES] [--offset BYTES] [--size BYTES]
-                      [--qd N] [--block-size BYTES] [--read-only-verify | --write-only]
+                      [--qd N] [--seg-size BYTES] [--block-size BYTES] [--read-only-verify | --write-only]
                       [--time SECS | --passes N] [--io-timeout SECS] [--poll] [--quiet] [--json]
       Data integrity through any vhost-user-blk server (libblkio): write a
       pattern derived from the seed and each block's address (the pattern of
       `bdev_io`, per --block-size, default the device's block size) in
       shuffled --bs requests (default 4k; sizes take k/m suffixes; requests
-      over the device's size_max go as several segments), read it all back
+      over the device's size_max go as several segments; --seg-size N splits
+      every request into N-byte segments placed apart in memory), read it all back
       and compare. --read-only-verify checks what an earlier run wrote with
       the same seed; --time repeats passes (pass k uses seed+k) until SECS
       have passed, finishes the pass and prints the final seed. Default
@@ -504,6 +505,7 @@ fn verify_cmd(mut p: lexopt::Parser) -> Result<i32, CliError> {
             Long("offset") => params.offset = bytes(&mut p, "offset")?,
             Long("size") => params.size = Some(bytes(&mut p, "size")?),
             Long("qd") => params.queue_depth = num(&mut p, "qd")?,
+            Long("seg-size") => params.seg_size = Some(bytes(&mut p, "seg-size")? as usize),
             Long("block-size") => params.block_size = Some(bytes(&mut p, "block-size")? as u32),
             Long("read-only-verify") => params.mode = bench::verify::Mode::ReadOnlyVerify,
             Long("write-only") => params.mode = bench::verify::Mode::WriteOnly,
