@@ -9,8 +9,12 @@
 # attaches SRP bdevs with provider "verbs" over rxe0 and exports them over
 # vhost-user-blk; `strata verify vhost` (libblkio, a second frontend in the
 # same guest) writes a seeded per-block pattern through them and reads it
-# back, with 4 KiB, 1 MiB and 4 MiB requests (4 MiB = four 1 MiB segments
-# and max_sect 8192: one SRP_CMD with an indirect descriptor table).
+# back, with 4 KiB, 1 MiB and 4 MiB requests (4 MiB = four 1 MiB segments,
+# vhost's size_max; attached with max_sect 8192, but the initiator caps an
+# SRP_CMD at 1 MiB, so that is four commands with one direct descriptor
+# each), and 4 MiB in 64 KiB segments placed apart (16 descriptors per
+# SRP_CMD: an indirect table beyond the inline entries, which the target
+# fetches with RDMA READ).
 #
 #   tool_*   the verify tool over a malloc bdev on the same vhost path (a
 #            baseline: if this fails, the initiator is not to blame)
@@ -130,6 +134,10 @@ sess_sum() { # key json-file
 # every string value of key $1 anywhere (e.g. state)
 sess_strs() { jq -r --arg k "$1" '[.. | objects | .[$k]? | strings] | join(",")' "$2" 2>/dev/null; }
 
+counters() { # sessions-json -> the interesting counters on one line
+    jq -r '.[0] | "reconnects \(.reconnects) timeouts \(.timeouts) aborts_sent \(.aborts_sent) lun_resets_sent \(.lun_resets_sent) failed_fast \(.failed_fast) zero_copy_cmds \(.zero_copy_cmds) bounce_cmds \(.bounce_cmds) indirect_cmds \(.indirect_cmds) external_tables \(.external_tables) immediate_cmds \(.immediate_cmds) registered_regions \(.registered_regions)"' "$1" 2>/dev/null
+}
+
 tails() {
     echo "---- ini log (tail) ----"; tail -n "${1:-30}" "$RES/ini.log"
     if [ -s "$RES/tgt.log" ]; then echo "---- tgt log (tail) ----"; tail -n "${1:-30}" "$RES/tgt.log"; fi
@@ -215,7 +223,10 @@ verify_sizes() {
     verify "${p}_verify_4k" "$sock" --bs 4k --qd 8 --size 16m --seed "$seed"; result "${p}_verify_4k" $?
     verify "${p}_verify_1m" "$sock" --bs 1m --qd 4 --size 32m --seed $((seed + 1)); result "${p}_verify_1m" $?
     verify "${p}_verify_4m" "$sock" --bs 4m --qd 2 --size 32m --seed $((seed + 2)); result "${p}_verify_4m" $?
-    LAST_SEED=$((seed + 2))
+    # 4 MiB in 64 KiB segments placed apart: every SRP_CMD carries many
+    # descriptors (an indirect table, more than the inline ones)
+    verify "${p}_verify_4m_sg" "$sock" --bs 4m --seg-size 64k --qd 2 --size 32m --seed $((seed + 3)); result "${p}_verify_4m_sg" $?
+    LAST_SEED=$((seed + 3))
 }
 
 # bdev_io_verify RPCFN BDEV SEED BLOCKS -> 0 if 0 mismatched blocks
@@ -268,6 +279,7 @@ log "bdev_srp_attach in rpc_get_methods: $([ $HAVE_INI = 1 ] && echo yes || echo
 
 # ------------------------------------------------------------------ tool
 if want tool; then
+    G0=$FAILS
     vhost_up vm0 /tmp/vm0.sock m0; rc=$?
     if [ $rc -eq 0 ]; then
         verify tool_4k /tmp/vm0.sock --bs 4k --qd 8 --size 16m --seed 11; result tool_verify_4k $?
@@ -283,6 +295,7 @@ fi
 
 # ------------------------------------------------------------------ a: LIO
 if want a; then
+    G0=$FAILS
     if [ "$(cat /sys/module/ib_srpt/parameters/srp_max_req_size 2>/dev/null)" != 8260 ]; then
         # ib_srpt's default srp_max_req_size (2116) rejects a login that asks
         # for 8 KiB of immediate data; blktests loads it with 8260. The
@@ -315,14 +328,18 @@ if want a; then
             else
                 result a_vhost 1 "vhost_blk_create on $B failed"
             fi
-            sessions "$RES/a_sessions.json" "$B"; log "a sessions: $(jq -c . "$RES/a_sessions.json" | cut -c1-400)"
+            sessions "$RES/a_sessions.json" "$B"; log "a sessions: $(counters "$RES/a_sessions.json")"
+            n=$(sess_sum indirect_cmds "$RES/a_sessions.json"); x=$(sess_sum external_tables "$RES/a_sessions.json")
+            # (external_tables stays 0 here: up to 255 descriptors fit
+            # inline in an 8260-byte IU, vhost's seg_max is 126)
+            [ "$n" -ge 1 ] 2>/dev/null; result a_indirect $? "indirect_cmds $n external_tables $x"
             irpc bdev_srp_detach "{\"name\": \"$B\"}" > "$RES/a_detach.out" 2>&1; rc=$?
             irpc bdev_get_bdevs "{\"name\": \"$B\"}" > /dev/null 2>&1 && rc=1
             result a_detach $rc
         fi
     fi
     if [ $LIO_UP = 1 ]; then timeout 60 "$SELF" __lio_down; result a_lio_teardown $?; LIO_UP=0; fi
-    [ $FAILS -gt 0 ] && tails 20
+    [ $FAILS -gt $G0 ] && tails 20
 fi
 
 # ------------------------------------------------------------------ b: strata target
@@ -344,10 +361,11 @@ if want b || want c || want d; then
         # restart under TCG does not fail I/O
         SB=$(attach st0 $TGT_PORT $TGT_ID '"reconnect_delay_s": 2, "fast_io_fail_tmo_s": 60, "dev_loss_tmo_s": 300'); rc=$?
         result b_attach $rc "bdev ${SB:-none}"
-        [ $rc -eq 0 ] || SB=
+        [ $rc -eq 0 ] || { SB=; tails 20; }
     fi
 fi
 if [ -n "$SB" ] && want b; then
+    G0=$FAILS
     got=$(bdev_size irpc "$SB"); want_b=$(bdev_size trpc f0)
     [ -n "$got" ] && [ "$got" = "$want_b" ]; result b_size $? "$got bytes, target's f0 $want_b"
     if vhost_up vb /tmp/vb.sock "$SB"; then
@@ -360,14 +378,16 @@ if [ -n "$SB" ] && want b; then
     trpc srpt_get_sessions > "$RES/b_srpt_sessions.json" 2>&1
     sessions "$RES/b_sessions.json" "$SB"
     log "target sessions: $(jq -c . "$RES/b_srpt_sessions.json" | cut -c1-300)"
-    log "initiator sessions: $(jq -c . "$RES/b_sessions.json" | cut -c1-400)"
-    st=$(sess_strs state "$RES/b_sessions.json")
-    [[ "$st" == *running* ]]; result b_sessions $? "state $st"
-    [ $FAILS -gt 0 ] && tails 20
+    n=$(sess_sum indirect_cmds "$RES/b_sessions.json"); x=$(sess_sum external_tables "$RES/b_sessions.json")
+    [ "$n" -ge 1 ] 2>/dev/null; result b_indirect $? "indirect_cmds $n external_tables $x"
+    st=$(sess_strs port_state "$RES/b_sessions.json")
+    [ "$st" = running ]; result b_sessions $? "port_state $st; $(counters "$RES/b_sessions.json")"
+    [ $FAILS -gt $G0 ] && tails 20
 fi
 
 # ------------------------------------------------------------------ c: kill -9 under load
 if [ -n "$SB" ] && want c; then
+    G0=$FAILS
     [ -S /tmp/vb.sock ] || vhost_up vb /tmp/vb.sock "$SB"
     sessions "$RES/c_sessions0.json" "$SB"; r0=$(sess_sum reconnects "$RES/c_sessions0.json")
     VERIFY_T=180 verify_bg c_load /tmp/vb.sock --bs 16k --qd 8 --size 8m --seed 300 --time 35 --io-timeout 90
@@ -375,7 +395,7 @@ if [ -n "$SB" ] && want c; then
     log "kill -9 target (pid $TGT_PID) under load"
     kill -KILL "$TGT_PID"; wait "$TGT_PID" 2>/dev/null; TGT_PID=
     sleep 2
-    sessions "$RES/c_sessions_down.json" "$SB"; log "initiator sessions, target down: $(sess_strs state "$RES/c_sessions_down.json")"
+    sessions "$RES/c_sessions_down.json" "$SB"; log "initiator port_state, target down: $(sess_strs port_state "$RES/c_sessions_down.json")"
     start_strata tgt /tmp/tgt.json 1; rc=$?
     log "target restarted (rc $rc)"
     result c_target_restart $rc
@@ -383,7 +403,7 @@ if [ -n "$SB" ] && want c; then
     result c_io_resumed $rc "verify under kill -9: exit $rc, longest stall $(jq -r .max_stall_s "$RES/c_load.json" 2>/dev/null)s"
     sessions "$RES/c_sessions.json" "$SB"
     r1=$(sess_sum reconnects "$RES/c_sessions.json")
-    log "initiator sessions after: $(jq -c . "$RES/c_sessions.json" | cut -c1-400)"
+    log "initiator sessions after: port_state $(sess_strs port_state "$RES/c_sessions.json"); $(counters "$RES/c_sessions.json")"
     [ "$r1" -ge $((r0 + 1)) ] 2>/dev/null; result c_reconnects $? "reconnects $r0 -> $r1"
     seed=$(jq -r .final_seed "$RES/c_load.json" 2>/dev/null)
     if [ -n "$seed" ] && [ "$seed" != null ]; then
@@ -394,12 +414,13 @@ if [ -n "$SB" ] && want c; then
     else
         result c_readback 1 "no final seed from the load run"
     fi
-    [ $FAILS -gt 0 ] && tails 30
+    [ $FAILS -gt $G0 ] && tails 30
 fi
 [ -n "$SB" ] && { vhost_down vb 2>/dev/null; irpc bdev_srp_detach "{\"name\": \"$SB\"}" > /dev/null 2>&1; }
 
 # ------------------------------------------------------------------ d: SIGSTOP
 if [ $HAVE_INI = 1 ] && [ -n "$TGT_PID" ] && want d; then
+    G0=$FAILS
     SD=$(attach st1 $TGT_PORT $TGT_ID '"cmd_timeout_s": 5, "reconnect_delay_s": 2, "fast_io_fail_tmo_s": 10, "dev_loss_tmo_s": 300'); rc=$?
     result d_attach $rc "bdev ${SD:-none}"
     if [ $rc -eq 0 ] && vhost_up vd /tmp/vd.sock "$SD"; then
@@ -425,27 +446,27 @@ if [ $HAVE_INI = 1 ] && [ -n "$TGT_PID" ] && want d; then
         log "bdev_io read while stopped: rc $rc, ${dt}s: $(echo "$out" | tr -d '\n ' | cut -c1-200)"
         [ $rc -ne 124 ] && [ "$dt" -le 45 ] && [ "$st" != success ]; result d_bdev_io_returns $? "status ${st:-?} after ${dt}s"
         sessions "$RES/d_sessions.json" "$SD"
-        log "initiator sessions while stopped: $(jq -c . "$RES/d_sessions.json" | cut -c1-500)"
-        to=$(sess_sum timeouts "$RES/d_sessions.json"); ab=$(sess_sum aborts "$RES/d_sessions.json"); rs=$(sess_sum resets "$RES/d_sessions.json")
+        log "initiator sessions while stopped: port_state $(sess_strs port_state "$RES/d_sessions.json"); $(counters "$RES/d_sessions.json")"
+        to=$(sess_sum timeouts "$RES/d_sessions.json"); ab=$(sess_sum aborts_sent "$RES/d_sessions.json"); rs=$(sess_sum lun_resets_sent "$RES/d_sessions.json")
         [ "$to" -ge 1 ] && [ "$ab" -ge 1 ] && [ "$rs" -ge 1 ] 2>/dev/null
-        result d_counters $? "timeouts $to aborts $ab resets $rs state $(sess_strs state "$RES/d_sessions.json")"
+        result d_counters $? "timeouts $to aborts_sent $ab lun_resets_sent $rs port_state $(sess_strs port_state "$RES/d_sessions.json")"
         log "SIGCONT target"
         kill -CONT "$TGT_PID"
         rc=1
         for _ in $(seq 60); do
             sessions "$RES/d_sessions_after.json" "$SD"
-            st=$(sess_strs state "$RES/d_sessions_after.json")
-            [[ "$st" == *running* ]] && { rc=0; break; }
+            st=$(sess_strs port_state "$RES/d_sessions_after.json")
+            [ "$st" = running ] && { rc=0; break; }
             sleep 1
         done
         [ $rc -eq 0 ] && { verify d_after /tmp/vd.sock --bs 4k --qd 8 --size 4m --seed 401; rc=$?; }
-        result d_recover $rc "state $st after SIGCONT"
+        result d_recover $rc "port_state $st after SIGCONT"
         vhost_down vd
     else
         [ $rc -eq 0 ] && result d_vhost 1 "vhost_blk_create on $SD failed"
     fi
     [ -n "$SD" ] && irpc bdev_srp_detach "{\"name\": \"$SD\"}" > /dev/null 2>&1
-    [ $FAILS -gt 0 ] && tails 30
+    [ $FAILS -gt $G0 ] && tails 30
 fi
 
 # ------------------------------------------------------------------ teardown
