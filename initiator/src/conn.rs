@@ -135,7 +135,7 @@ pub(crate) struct Consumer {
     pub q: VecDeque<(u64, IoStatus)>,
     pub inflight: usize,
     /// A proxy on another reactor (reactor, key): completions go there.
-    pub forward: Option<(usize, u64)>,
+    pub forward: Option<crate::proxy::Forward>,
 }
 
 /// One channel.

@@ -262,8 +262,8 @@ impl Conn {
     pub(crate) fn push_done(&mut self, consumer: u32, tag: u64, st: IoStatus) {
         if let Some(Some(q)) = self.consumers.get_mut(consumer as usize) {
             q.inflight = q.inflight.saturating_sub(1);
-            match q.forward {
-                Some((to, key)) => reactor::send(to, move || crate::proxy::deliver(key, tag, st)),
+            match &q.forward {
+                Some(f) => f.deliver(tag, st),
                 None => q.q.push_back((tag, st)),
             }
         }

@@ -182,7 +182,7 @@ impl SrpBdev {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     uninstall_all(&shared);
-                    return Err(AttachError::Login(e));
+                    return Err(AttachError::Login(format!("{dest}: {e}")));
                 }
                 Err(e) => {
                     uninstall_all(&shared);
@@ -293,10 +293,10 @@ impl Bdev for SrpBdev {
 
     fn open_module_channel(&self) -> Result<Box<dyn BdevChannel>, BdevError> {
         if !reactor::on_reactor() {
-            return Err(BdevError::Other(format!(
-                "SRP bdev {}: channels are opened on reactors",
-                self.info.name
-            )));
+            // A control-plane thread (raid1 reading superblocks at create).
+            return Ok(Box::new(proxy::ThreadChannel::new(Arc::clone(
+                &self.shared,
+            ))));
         }
         let active = self.shared.active.load(Ordering::Relaxed).max(1);
         let local = conn::lookup(self.shared.id).filter(|c| c.borrow().ch < active);

@@ -2,13 +2,15 @@
 //! below the number of reactors, or truncated at login): their requests
 //! travel to a channel's reactor as messages and the completions come back
 //! the same way. This costs a message (an allocation) each way per request,
-//! which the one-channel-per-reactor default never pays.
+//! which the one-channel-per-reactor default never pays. Control-plane
+//! threads (raid1 reading superblocks at create, say) get the same through
+//! the control ring, with completions in a locked queue.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bdev::{BdevChannel, IoRequest, IoStatus, IoType, IoVec, QueueFull};
 
@@ -22,6 +24,36 @@ thread_local! {
 }
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+
+/// Completions of a control-thread proxy.
+type Locked = Arc<Mutex<VecDeque<(u64, IoStatus)>>>;
+
+/// Where the completions of a remote consumer go.
+#[derive(Clone)]
+pub(crate) enum Forward {
+    /// A proxy on reactor `.0` with key `.1`.
+    Reactor(usize, u64),
+    /// A proxy on a control-plane thread.
+    Thread(Locked),
+}
+
+impl Forward {
+    pub(crate) fn deliver(&self, tag: u64, st: IoStatus) {
+        match self {
+            Forward::Reactor(to, key) => {
+                let key = *key;
+                reactor::send(*to, move || deliver(key, tag, st));
+            }
+            Forward::Thread(q) => q
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back((tag, st)),
+        }
+    }
+}
+
+/// Key of a control-thread proxy's consumer (no reactor index is this).
+const THREAD: usize = usize::MAX;
 
 /// A request that crosses reactors.
 pub(crate) struct Forwarded {
@@ -81,7 +113,9 @@ impl BdevChannel for ProxyChannel {
         let (sid, key, here) = (self.sh.id, self.key, self.here);
         self.inflight += 1;
         reactor::send(self.owner, move || {
-            let handled = conn::with_conn(sid, |c| c.remote_submit(here, key, tag, f));
+            let handled = conn::with_conn(sid, |c| {
+                c.remote_submit((here, key), Forward::Reactor(here, key), tag, f)
+            });
             if handled.is_none() {
                 // The session's channel is gone (detached): fail it here.
                 reactor::send(here, move || deliver(key, tag, IoStatus::PathError));
@@ -112,7 +146,84 @@ impl Drop for ProxyChannel {
         PROXIES.with(|m| m.borrow_mut().remove(&self.key));
         let (sid, key, here) = (self.sh.id, self.key, self.here);
         reactor::send(self.owner, move || {
-            conn::with_conn(sid, |c| c.remote_gone(here, key));
+            conn::with_conn(sid, |c| c.remote_gone((here, key)));
+        });
+    }
+}
+
+/// The consumer side on a control-plane thread.
+pub(crate) struct ThreadChannel {
+    sh: Arc<Shared>,
+    owner: usize,
+    key: u64,
+    done: Locked,
+    inflight: usize,
+}
+
+impl ThreadChannel {
+    /// A proxy for the calling (non-reactor) thread over channel 0.
+    pub fn new(sh: Arc<Shared>) -> ThreadChannel {
+        ThreadChannel {
+            owner: sh.home(),
+            key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
+            done: Arc::new(Mutex::new(VecDeque::new())),
+            inflight: 0,
+            sh,
+        }
+    }
+}
+
+impl BdevChannel for ThreadChannel {
+    unsafe fn submit(&mut self, req: &IoRequest<'_>, tag: u64) -> Result<(), QueueFull> {
+        let f = Forwarded {
+            io_type: req.io_type,
+            lba: req.offset_blocks,
+            blocks: req.num_blocks,
+            fua: req.fua,
+            iovs: req.iovs.to_vec(),
+        };
+        let (sid, key) = (self.sh.id, self.key);
+        let fwd = Forward::Thread(Arc::clone(&self.done));
+        let back = Arc::clone(&self.done);
+        let sent = self.sh.reactors.send(self.owner, move || {
+            let fwd2 = fwd.clone();
+            if conn::with_conn(sid, |c| c.remote_submit((THREAD, key), fwd2, tag, f)).is_none() {
+                fwd.deliver(tag, IoStatus::PathError);
+            }
+        });
+        if sent.is_err() {
+            back.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back((tag, IoStatus::PathError));
+        }
+        self.inflight += 1;
+        Ok(())
+    }
+
+    fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
+        let batch: Vec<(u64, IoStatus)> = self
+            .done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        self.inflight = self.inflight.saturating_sub(batch.len());
+        for (t, s) in &batch {
+            done(*t, *s);
+        }
+        batch.len()
+    }
+
+    fn inflight(&self) -> usize {
+        self.inflight
+    }
+}
+
+impl Drop for ThreadChannel {
+    fn drop(&mut self) {
+        let (sid, key) = (self.sh.id, self.key);
+        let _ = self.sh.reactors.send(self.owner, move || {
+            conn::with_conn(sid, |c| c.remote_gone((THREAD, key)));
         });
     }
 }
@@ -125,16 +236,16 @@ pub(crate) fn deliver(key: u64, tag: u64, st: IoStatus) {
 }
 
 impl Conn {
-    /// A request from a proxy on reactor `from`.
-    pub(crate) fn remote_submit(&mut self, from: usize, key: u64, tag: u64, f: Forwarded) {
-        let c = match self.remote.get(&(from, key)) {
+    /// A request from a proxy (`id`: its reactor, or THREAD, and key).
+    pub(crate) fn remote_submit(&mut self, id: (usize, u64), fwd: Forward, tag: u64, f: Forwarded) {
+        let c = match self.remote.get(&id) {
             Some(&c) => c,
             None => {
                 let c = self.add_consumer();
                 if let Some(Some(x)) = self.consumers.get_mut(c as usize) {
-                    x.forward = Some((from, key));
+                    x.forward = Some(fwd);
                 }
-                self.remote.insert((from, key), c);
+                self.remote.insert(id, c);
                 c
             }
         };
@@ -173,9 +284,9 @@ impl Conn {
         n
     }
 
-    /// The proxy on reactor `from` was dropped.
-    pub(crate) fn remote_gone(&mut self, from: usize, key: u64) {
-        if let Some(c) = self.remote.remove(&(from, key)) {
+    /// The proxy `id` was dropped.
+    pub(crate) fn remote_gone(&mut self, id: (usize, u64)) {
+        if let Some(c) = self.remote.remove(&id) {
             self.remove_consumer(c);
         }
     }

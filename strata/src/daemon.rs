@@ -34,6 +34,11 @@ pub struct Daemon {
     tasks: Mutex<Vec<(String, Arc<AtomicBool>)>>,
     /// Serialises management operations (never taken on the data path).
     control: Mutex<()>,
+    /// Creation order of every bdev, target and controller ("kind:name" →
+    /// sequence number), so that `save_config` replays them in the order
+    /// they were made: an SRP initiator attached to a target of this very
+    /// daemon must come after the target, the target after its LUNs' bdevs.
+    created: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl Daemon {
@@ -48,6 +53,7 @@ impl Daemon {
             tasks: Mutex::new(Vec::new()),
             srpt: Mutex::new(Vec::new()),
             control: Mutex::new(()),
+            created: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -66,7 +72,15 @@ impl Daemon {
             return handler(self, params);
         }
         let _guard = self.control.lock().unwrap_or_else(|e| e.into_inner());
-        handler(self, params)
+        let r = handler(self, params);
+        if let Ok(Value::String(name)) = &r {
+            if method.ends_with("_create") || method == "bdev_srp_attach" {
+                let mut c = lock(&self.created);
+                let seq = c.values().max().copied().unwrap_or(0) + 1;
+                c.insert(creation_key(method, name), seq);
+            }
+        }
+        r
     }
 
     /// Stops the front ends: they take no new I/O and complete what they
@@ -209,23 +223,45 @@ fn rpc_get_methods(_: &Daemon, p: Value) -> Result<Value, RpcError> {
     Ok(json!(METHODS.iter().map(|(n, _)| *n).collect::<Vec<_>>()))
 }
 
+/// The key of `Daemon::created` for what `method` made.
+fn creation_key(method: &str, name: &str) -> String {
+    let kind = if method.starts_with("srpt_") {
+        "srpt"
+    } else if method.starts_with("vhost_") {
+        "vhost"
+    } else {
+        "bdev"
+    };
+    format!("{kind}:{name}")
+}
+
 fn save_config(d: &Daemon, p: Value) -> Result<Value, RpcError> {
     let _: NoParams = params(p)?;
-    let calls: Vec<Value> = d
+    let mut calls: Vec<(String, Value)> = d
         .registry
         .creation_calls()
         .into_iter()
-        .map(|(method, params)| json!({ "method": method, "params": params }))
         .chain(
             lock(&d.vhost)
                 .iter()
-                .map(|c| json!({ "method": "vhost_blk_create", "params": c.params() })),
+                .map(|c| ("vhost_blk_create".to_string(), json!(c.params()))),
         )
         .chain(
             lock(&d.srpt)
                 .iter()
-                .map(|(_, p)| json!({ "method": "srpt_target_create", "params": p })),
+                .map(|(_, p)| ("srpt_target_create".to_string(), p.clone())),
         )
+        .collect();
+    // Creation order (a stable sort: anything unrecorded keeps its place
+    // at the front, bases before users as the registry lists them).
+    let created = lock(&d.created);
+    calls.sort_by_key(|(m, p)| {
+        let name = p.get("name").and_then(Value::as_str).unwrap_or("");
+        created.get(&creation_key(m, name)).copied().unwrap_or(0)
+    });
+    let calls: Vec<Value> = calls
+        .into_iter()
+        .map(|(method, params)| json!({ "method": method, "params": params }))
         .collect();
     Ok(json!({ "cores": d.cores, "idle_sleep_us": d.idle_sleep_us, "calls": calls }))
 }
