@@ -87,9 +87,18 @@ pub(crate) const TMF_SLOTS: usize = 2;
 pub(crate) const RSP_SLOTS: usize = 8;
 /// Bytes of descriptor table per command (256 descriptors).
 pub(crate) const TABLE_BYTES: usize = 4096;
-/// Bounce buffers per channel, and their size.
-pub(crate) const BOUNCE_SLOTS: usize = 4;
-pub(crate) const BOUNCE_BYTES: usize = 1 << 20;
+/// Largest transfer of one SRP_CMD (`max_sect` is capped here).
+pub(crate) const MAX_CMD_BYTES: u32 = 8 << 20;
+/// Bytes of bounce buffer per channel (at most; one slot of the largest
+/// command at least).
+const BOUNCE_TOTAL: usize = 8 << 20;
+
+/// Bounce buffers of a channel: (bytes per slot, slots). A slot holds the
+/// largest command, so a bounced command is never split further.
+pub(crate) fn bounce_geometry(cfg: &crate::params::SessionConfig) -> (usize, usize) {
+    let slot = cfg.max_transfer.min(MAX_CMD_BYTES) as usize;
+    (slot, (BOUNCE_TOTAL / slot).clamp(1, 4))
+}
 /// Size of the zero block (WRITE SAME data) and of the scratch buffer.
 pub(crate) const SCRATCH_BYTES: usize = 4096;
 
@@ -308,7 +317,10 @@ impl Conn {
         let (tables, bounce, scratch, zero) = unsafe {
             (
                 MrBuf::with_access(pd, q * TABLE_BYTES, ro)?,
-                MrBuf::with_access(pd, BOUNCE_SLOTS * BOUNCE_BYTES, rw)?,
+                {
+                    let (slot, n) = bounce_geometry(&self.sh.cfg);
+                    MrBuf::with_access(pd, slot * n, rw)?
+                },
                 MrBuf::with_access(pd, SCRATCH_BYTES, rw)?,
                 MrBuf::with_access(pd, SCRATCH_BYTES, ro)?,
             )

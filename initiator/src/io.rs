@@ -21,7 +21,9 @@ use srp::{
     TaskAttr,
 };
 
-use crate::conn::{Conn, Phase, BOUNCE_BYTES, BOUNCE_SLOTS, RSP_SLOTS, SCRATCH_BYTES, TABLE_BYTES};
+use crate::conn::{
+    bounce_geometry, Conn, Phase, MAX_CMD_BYTES, RSP_SLOTS, SCRATCH_BYTES, TABLE_BYTES,
+};
 use crate::discovery::Geometry;
 use crate::params::SessionConfig;
 use crate::scsi::{self, Cdb};
@@ -87,6 +89,8 @@ pub(crate) struct Cmd {
     pub len: u32,
     pub bounce: Option<u16>,
     pub sent_at: Instant,
+    /// Order of the last send (a LUN RESET resends only what it overtook).
+    pub seq: u64,
     pub timed_out: bool,
 }
 
@@ -103,6 +107,7 @@ impl Cmd {
             len: 0,
             bounce: None,
             sent_at: now,
+            seq: 0,
             timed_out: false,
         }
     }
@@ -141,7 +146,17 @@ pub(crate) enum Tmf {
     Reset {
         tag: u64,
         deadline: Instant,
+        /// Commands sent up to this sequence number were outstanding
+        /// when the reset went out.
+        seq: u64,
     },
+}
+
+/// An answer owed to the target (SRP_CRED_RSP / SRP_AER_RSP), by tag.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Answer {
+    Cred(u64),
+    Aer(u64),
 }
 
 /// Geometry the data path needs.
@@ -175,6 +190,12 @@ pub(crate) struct Engine {
     pub(crate) lun: Lun,
     pub(crate) cmd_timeout: Duration,
     pub(crate) inflight: u32,
+    /// Sequence number of the last command sent.
+    pub(crate) send_seq: u64,
+    /// Answers to the target waiting for a send slot.
+    pub(crate) answers: VecDeque<Answer>,
+    /// Since when work has been waiting with no credit to send it.
+    pub(crate) starved_since: Option<Instant>,
 }
 
 impl Engine {
@@ -208,8 +229,8 @@ impl Engine {
             tmf_seq: 0,
             reset_waiters: Vec::with_capacity(cap),
             rsp_free: (0..RSP_SLOTS as u16).collect(),
-            bounce_free: (0..BOUNCE_SLOTS as u16).collect(),
-            bounce_bytes: BOUNCE_BYTES,
+            bounce_free: (0..bounce_geometry(cfg).1 as u16).collect(),
+            bounce_bytes: bounce_geometry(cfg).0,
             descs: Vec::with_capacity(MAX_DESCS),
             geo: None,
             info: None,
@@ -217,6 +238,9 @@ impl Engine {
             lun: Lun::from_single_level(cfg.lun).unwrap_or(Lun([0; 8])),
             cmd_timeout: cfg.cmd_timeout,
             inflight: 0,
+            send_seq: 0,
+            answers: VecDeque::with_capacity(RSP_SLOTS),
+            starved_since: None,
         }
     }
 
@@ -227,7 +251,7 @@ impl Engine {
 
     pub fn set_geometry(&mut self, g: &Geometry, cfg: &SessionConfig) {
         let bs = g.block_size;
-        let mut max = cfg.max_transfer.min(BOUNCE_BYTES as u32);
+        let mut max = cfg.max_transfer.min(MAX_CMD_BYTES);
         if g.limits.max_transfer_blocks > 0 {
             max = max.min(g.limits.max_transfer_blocks.saturating_mul(bs));
         }
@@ -386,7 +410,7 @@ impl Conn {
             return 0;
         }
         let running = self.sh.port_state() == PortState::Running;
-        let mut n = 0;
+        let mut n = self.flush_answers();
         while let Some(&ci) = self.engine.resendq.front() {
             let internal = matches!(self.engine.cmds[ci as usize].kind, CmdKind::Internal { .. });
             if !self.can_send() || !(running || internal) {
@@ -424,6 +448,20 @@ impl Conn {
                     break;
                 }
             }
+        }
+        // Work waiting for credits the target does not grant: the time-out
+        // scan treats a long wait like a command that is not answered.
+        let waiting = !self.engine.resendq.is_empty()
+            || self.engine.waitq.iter().any(|&ri| {
+                let r = &self.engine.reqs[ri as usize];
+                r.busy && r.next < r.total
+            });
+        if waiting && self.neg.req_lim <= 1 {
+            if self.engine.starved_since.is_none() {
+                self.engine.starved_since = Some(self.now);
+            }
+        } else {
+            self.engine.starved_since = None;
         }
         self.info_publish();
         n
@@ -769,6 +807,8 @@ impl Conn {
         let cm = &mut self.engine.cmds[ci];
         cm.state = CmdState::Sent;
         cm.sent_at = now;
+        self.engine.send_seq += 1;
+        cm.seq = self.engine.send_seq;
         self.engine.inflight += 1;
         self.sh.chans[self.ch]
             .commands

@@ -82,7 +82,8 @@ pub struct SrpAttachParams {
     /// Requested credits per channel (default 64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_size: Option<u32>,
-    /// Largest transfer of one SRP_CMD in 512-byte sectors (default 1024).
+    /// Largest transfer of one SRP_CMD in 512-byte sectors (default 1024;
+    /// 8 MiB at most is used, and the LU's own limit from VPD 0xB0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_sect: Option<u32>,
     /// RDMA channels (default: one per reactor).

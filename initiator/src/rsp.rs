@@ -9,9 +9,11 @@ use bdev::IoStatus;
 use srp::{Encode, Iu, RspFlags};
 
 use crate::conn::{Conn, TMF_SLOTS};
-use crate::io::{wr, CmdKind, CmdState, TMF_TAG, WR_RECV, WR_RSP};
+use crate::io::{wr, Answer, CmdKind, CmdState, TMF_TAG, WR_RECV, WR_RSP};
 use crate::scsi::{self, Outcome};
 
+/// Answers owed to the target before it counts as a flood.
+const MAX_OWED_ANSWERS: usize = 4096;
 /// Sense bytes kept from a response.
 const SENSE_MAX: usize = 96;
 
@@ -120,13 +122,13 @@ impl Conn {
             What::Cred { tag, delta } => {
                 self.sh.stats.cred_reqs.fetch_add(1, Ordering::Relaxed);
                 self.add_credits(delta);
-                self.answer_target(srp::Iu::CredRsp(srp::CredRsp { tag }));
+                self.answer_target(Answer::Cred(tag));
             }
             What::Aer { tag, delta } => {
                 self.sh.stats.aer_reqs.fetch_add(1, Ordering::Relaxed);
                 self.add_credits(delta);
                 tracing::info!(bdev = %self.sh.cfg.name, "SRP_AER_REQ from the target (asynchronous event)");
-                self.answer_target(srp::Iu::AerRsp(srp::AerRsp { tag }));
+                self.answer_target(Answer::Aer(tag));
             }
             What::Logout(reason) => {
                 self.lose(&format!("the target logged us out ({reason:?})"));
@@ -148,22 +150,45 @@ impl Conn {
         self.neg.req_lim = (self.neg.req_lim + i64::from(delta)).clamp(-(1 << 20), 1 << 20);
     }
 
-    pub(crate) fn answer_target(&mut self, iu: srp::Iu<'_>) {
-        let Some(k) = self.engine.rsp_free.pop() else {
-            tracing::warn!("no send slot to answer the target");
+    /// Owes the target an answer; sent as soon as a send slot is free.
+    pub(crate) fn answer_target(&mut self, a: Answer) {
+        if self.engine.answers.len() >= MAX_OWED_ANSWERS {
+            self.sh
+                .stats
+                .protocol_errors
+                .fetch_add(1, Ordering::Relaxed);
+            self.lose("the target floods us with requests we cannot answer");
             return;
-        };
-        let slot = self.engine.cmds.len() + TMF_SLOTS + k as usize;
-        let n = match self.send_slot_mut(slot).map(|b| iu.encode(b)) {
-            Some(Ok(n)) => n,
-            _ => {
-                self.engine.rsp_free.push(k);
-                return;
-            }
-        };
-        if self.post_iu(slot, n, wr(WR_RSP, k as usize)).is_err() {
-            self.engine.rsp_free.push(k);
         }
+        self.engine.answers.push_back(a);
+        self.flush_answers();
+    }
+
+    /// Sends owed answers while reply slots are free (they come back with
+    /// the send completions). Returns how many were sent.
+    pub(crate) fn flush_answers(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(&a) = self.engine.answers.front() {
+            let Some(k) = self.engine.rsp_free.pop() else {
+                break;
+            };
+            let iu = match a {
+                Answer::Cred(tag) => srp::Iu::CredRsp(srp::CredRsp { tag }),
+                Answer::Aer(tag) => srp::Iu::AerRsp(srp::AerRsp { tag }),
+            };
+            let slot = self.engine.cmds.len() + TMF_SLOTS + k as usize;
+            let sent = match self.send_slot_mut(slot).map(|b| iu.encode(b)) {
+                Some(Ok(len)) => self.post_iu(slot, len, wr(WR_RSP, k as usize)).is_ok(),
+                _ => false,
+            };
+            if !sent {
+                self.engine.rsp_free.push(k);
+                break;
+            }
+            self.engine.answers.pop_front();
+            n += 1;
+        }
+        n
     }
 
     pub(crate) fn on_cmd_rsp(

@@ -52,6 +52,7 @@ impl Conn {
                 self.engine.tmf = Tmf::Reset {
                     tag,
                     deadline: self.now + self.tmf_timeout(),
+                    seq: self.engine.send_seq,
                 };
             }
             None => {
@@ -85,6 +86,19 @@ impl Conn {
         }
         if !self.engine.reset_waiters.is_empty() {
             self.start_reset();
+            return 1;
+        }
+        if self
+            .engine
+            .starved_since
+            .is_some_and(|t| now.duration_since(t) > self.engine.cmd_timeout)
+        {
+            self.engine.starved_since = None;
+            self.sh.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(bdev = %self.sh.cfg.name, channel = self.ch,
+                "no credit from the target for {} s with I/O waiting: reconnecting",
+                self.engine.cmd_timeout.as_secs_f64());
+            self.lose("the target granted no credit within cmd_timeout");
             return 1;
         }
         let tmo = self.engine.cmd_timeout;
@@ -146,7 +160,7 @@ impl Conn {
                     self.start_reset();
                 }
             }
-            Tmf::Reset { tag: t, .. } if t == tag => {
+            Tmf::Reset { tag: t, seq, .. } if t == tag => {
                 self.engine.tmf = Tmf::Idle;
                 if ok {
                     self.sh
@@ -154,10 +168,14 @@ impl Conn {
                         .lun_resets_succeeded
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::info!(bdev = %self.sh.cfg.name, channel = self.ch, "LUN RESET succeeded: resending what was outstanding");
-                    // The target dropped every task of the LU: send them again.
+                    // The target dropped every task of the LU that it had
+                    // when the reset arrived: send those again (not the
+                    // ones sent after it).
                     for ci in 0..self.engine.cmds.len() {
                         let c = self.engine.cmds[ci];
-                        if c.state == CmdState::Sent && !matches!(c.kind, CmdKind::Internal { .. })
+                        if c.state == CmdState::Sent
+                            && c.seq <= seq
+                            && !matches!(c.kind, CmdKind::Internal { .. })
                         {
                             self.retry_cmd(ci);
                         }
@@ -186,6 +204,8 @@ impl Conn {
     /// (the target will not answer it); credits are void.
     pub(crate) fn requeue_all(&mut self, _keep_io: bool) {
         self.engine.tmf = Tmf::Idle;
+        self.engine.starved_since = None;
+        self.engine.answers.clear();
         // A reset's effect (nothing left in flight on the old nexus) is
         // reached by the reconnect itself.
         self.finish_resets(IoStatus::Success);

@@ -85,7 +85,20 @@ fn large_requests_use_indirect_tables_inline_and_fetched() {
         );
     }
     assert!(stat(&b, "indirect_cmds") > 0);
-    assert_eq!(stat(&b, "external_tables"), 0);
+    // 4 MiB in 256 segments is one command of 256 descriptors: 255 fit
+    // inline, so the target fetched the table (once per direction).
+    assert_eq!(stat(&b, "external_tables"), 2);
+    // max_sect 8192 (4 MiB): a 4 MiB request is one command each way.
+    let before = session(&b)["channels"][0]["commands"].as_u64().unwrap();
+    assert_eq!(write(&ini, 0, &b, 0, 1024, 13, 1, true), IoStatus::Success);
+    assert_eq!(
+        verify(&ini, 0, &b, 0, 1024, 13, 1, true),
+        (IoStatus::Success, 0)
+    );
+    assert_eq!(
+        session(&b)["channels"][0]["commands"].as_u64().unwrap() - before,
+        2
+    );
     assert_eq!(stat(&b, "bounce_cmds"), 0);
     b.detach();
     // No immediate data: 260-byte IUs carry 12 descriptors; the target

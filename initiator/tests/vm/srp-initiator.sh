@@ -10,11 +10,11 @@
 # vhost-user-blk; `strata verify vhost` (libblkio, a second frontend in the
 # same guest) writes a seeded per-block pattern through them and reads it
 # back, with 4 KiB, 1 MiB and 4 MiB requests (4 MiB = four 1 MiB segments,
-# vhost's size_max; attached with max_sect 8192, but the initiator caps an
-# SRP_CMD at 1 MiB, so that is four commands with one direct descriptor
-# each), and 4 MiB in 64 KiB segments placed apart (16 descriptors per
-# SRP_CMD: an indirect table beyond the inline entries, which the target
-# fetches with RDMA READ).
+# vhost's size_max; attached with max_sect 8192, so one SRP_CMD with an
+# indirect table of four descriptors, all inline), and 4 MiB in 64 KiB
+# segments placed apart (64 descriptors per SRP_CMD, inline in an 8260-byte
+# IU; with immediate data off (b_ext_*) the IU holds 12 and strata's
+# target fetches the rest of the table with RDMA READ).
 #
 #   tool_*   the verify tool over a malloc bdev on the same vhost path (a
 #            baseline: if this fails, the initiator is not to blame)
@@ -382,6 +382,21 @@ if [ -n "$SB" ] && want b; then
     [ "$n" -ge 1 ] 2>/dev/null; result b_indirect $? "indirect_cmds $n external_tables $x"
     st=$(sess_strs port_state "$RES/b_sessions.json")
     [ "$st" = running ]; result b_sessions $? "port_state $st; $(counters "$RES/b_sessions.json")"
+    # No immediate data: 260-byte IUs carry 12 descriptors inline, so the
+    # 64 KiB-segment commands (16 descriptors) make the target fetch the
+    # rest of the table with RDMA READ. A second initiator port
+    # (initiator_ext 2), so st0's session is not terminated (SINGLE).
+    out=$(irpc bdev_srp_attach "{\"name\": \"st2\", \"dest\": \"$IP:$TGT_PORT\", \"id_ext\": \"0x$TGT_ID\", \"ioc_guid\": \"0x$TGT_ID\", \"initiator_ext\": \"0x2\", \"provider\": \"verbs\", \"max_sect\": 8192, \"immediate_data\": false}" 2>&1); rc=$?
+    result b_ext_attach $rc "$out"
+    if [ $rc -eq 0 ] && vhost_up vx /tmp/vx.sock st2; then
+        verify b_ext_verify_4m_sg /tmp/vx.sock --bs 4m --seg-size 64k --qd 2 --size 16m --seed 250; result b_ext_verify_4m_sg $?
+        bdev_io_verify trpc f0 250 4096; result b_ext_target_bdev_io_verify $?
+        sessions "$RES/b_ext_sessions.json" st2
+        x=$(sess_sum external_tables "$RES/b_ext_sessions.json"); imm=$(sess_sum immediate_cmds "$RES/b_ext_sessions.json")
+        [ "$x" -ge 1 ] 2>/dev/null && [ "$imm" = 0 ]; result b_ext_tables $? "external_tables $x immediate_cmds $imm"
+        vhost_down vx 2>/dev/null
+    fi
+    irpc bdev_srp_detach '{"name": "st2"}' > /dev/null 2>&1
     [ $FAILS -gt $G0 ] && tails 20
 fi
 
