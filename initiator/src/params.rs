@@ -184,17 +184,7 @@ impl SessionConfig {
 
 /// Parses 1..=16 hex digits with an optional `0x`.
 pub fn parse_hex_u64(field: &'static str, s: &str) -> Result<u64, ParamError> {
-    let h = s
-        .strip_prefix("0x")
-        .or_else(|| s.strip_prefix("0X"))
-        .unwrap_or(s);
-    if h.is_empty() || h.len() > 16 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(err(
-            field,
-            format!("`{s}` is not 1 to 16 hexadecimal digits"),
-        ));
-    }
-    u64::from_str_radix(h, 16).map_err(|e| err(field, e.to_string()))
+    PortId::parse_half(s).map_err(|r| err(field, r))
 }
 
 impl SrpAttachParams {

@@ -64,6 +64,28 @@ pub(crate) struct Forwarded {
     pub iovs: Vec<IoVec>,
 }
 
+impl Forwarded {
+    fn new(req: &IoRequest<'_>) -> Forwarded {
+        Forwarded {
+            io_type: req.io_type,
+            lba: req.offset_blocks,
+            blocks: req.num_blocks,
+            fua: req.fua,
+            iovs: req.iovs.to_vec(),
+        }
+    }
+
+    fn request(&self) -> IoRequest<'_> {
+        IoRequest {
+            io_type: self.io_type,
+            offset_blocks: self.lba,
+            num_blocks: self.blocks,
+            iovs: &self.iovs,
+            fua: self.fua,
+        }
+    }
+}
+
 // SAFETY: the iovecs name memory the submitter lent to this request until
 // its completion is reported (the `BdevChannel::submit` contract); the
 // channel on the other reactor uses it exactly as a local request would
@@ -103,13 +125,7 @@ impl ProxyChannel {
 
 impl BdevChannel for ProxyChannel {
     unsafe fn submit(&mut self, req: &IoRequest<'_>, tag: u64) -> Result<(), QueueFull> {
-        let f = Forwarded {
-            io_type: req.io_type,
-            lba: req.offset_blocks,
-            blocks: req.num_blocks,
-            fua: req.fua,
-            iovs: req.iovs.to_vec(),
-        };
+        let f = Forwarded::new(req);
         let (sid, key, here) = (self.sh.id, self.key, self.here);
         self.inflight += 1;
         reactor::send(self.owner, move || {
@@ -175,13 +191,7 @@ impl ThreadChannel {
 
 impl BdevChannel for ThreadChannel {
     unsafe fn submit(&mut self, req: &IoRequest<'_>, tag: u64) -> Result<(), QueueFull> {
-        let f = Forwarded {
-            io_type: req.io_type,
-            lba: req.offset_blocks,
-            blocks: req.num_blocks,
-            fua: req.fua,
-            iovs: req.iovs.to_vec(),
-        };
+        let f = Forwarded::new(req);
         let (sid, key) = (self.sh.id, self.key);
         let fwd = Forward::Thread(Arc::clone(&self.done));
         let back = Arc::clone(&self.done);
@@ -249,13 +259,7 @@ impl Conn {
                 c
             }
         };
-        let req = IoRequest {
-            io_type: f.io_type,
-            offset_blocks: f.lba,
-            num_blocks: f.blocks,
-            iovs: &f.iovs,
-            fua: f.fua,
-        };
+        let req = f.request();
         // SAFETY: the proxy's submitter lent the memory until completion
         // (see `Forwarded`).
         if unsafe { self.submit(c, &req, tag) }.is_err() {
@@ -267,13 +271,7 @@ impl Conn {
     pub(crate) fn retry_remote(&mut self) -> usize {
         let mut n = 0;
         while let Some((c, tag, f)) = self.remote_backlog.pop_front() {
-            let req = IoRequest {
-                io_type: f.io_type,
-                offset_blocks: f.lba,
-                num_blocks: f.blocks,
-                iovs: &f.iovs,
-                fua: f.fua,
-            };
+            let req = f.request();
             // SAFETY: as in `remote_submit`.
             if unsafe { self.submit(c, &req, tag) }.is_err() {
                 self.remote_backlog.push_front((c, tag, f));

@@ -293,11 +293,7 @@ fn tmo_json(d: Option<Duration>) -> serde_json::Value {
 
 /// `0x` + 32 hex digits.
 pub fn format_port_id(p: &srp::PortId) -> String {
-    let mut s = String::from("0x");
-    for b in p.0 {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
+    p.to_hex()
 }
 
 /// What channels tell the coordinator.
@@ -414,14 +410,7 @@ fn connected(s: &Arc<Shared>, ch: usize, attempt: u64, result: Result<(), String
             }
             if ch == 0 {
                 // Channel 0 is up (MULTICHAN_SINGLE): the others join.
-                let n = s.chans.len();
-                c.waiting = n - 1;
-                let attempt = c.attempt;
-                drop(c);
-                for k in 1..n {
-                    s.to_chan(k, move |cn| cn.connect(MultiChannelAction::Multi, attempt));
-                }
-                if n == 1 {
+                if join_others(s, c, s.chans.len()) {
                     first_login_done(s);
                 }
                 return;
@@ -438,14 +427,7 @@ fn connected(s: &Arc<Shared>, ch: usize, attempt: u64, result: Result<(), String
                 }
             }
             if ch == 0 && result.is_ok() && c.failed.is_none() {
-                let n = s.active.load(Ordering::Relaxed);
-                c.waiting = n - 1;
-                let attempt = c.attempt;
-                drop(c);
-                for k in 1..n {
-                    s.to_chan(k, move |cn| cn.connect(MultiChannelAction::Multi, attempt));
-                }
-                if n == 1 {
+                if join_others(s, c, s.active.load(Ordering::Relaxed)) {
                     reconnect_done(s);
                 }
                 return;
@@ -458,6 +440,18 @@ fn connected(s: &Arc<Shared>, ch: usize, attempt: u64, result: Result<(), String
         }
         _ => {}
     }
+}
+
+/// Channel 0 logged in: channels 1..n log in with MULTICHAN_MULTI for the
+/// same attempt. True if there are none (the attempt is complete).
+fn join_others(s: &Arc<Shared>, mut c: std::sync::MutexGuard<'_, Coord>, n: usize) -> bool {
+    c.waiting = n - 1;
+    let attempt = c.attempt;
+    drop(c);
+    for k in 1..n {
+        s.to_chan(k, move |cn| cn.connect(MultiChannelAction::Multi, attempt));
+    }
+    n == 1
 }
 
 fn first_login_done(s: &Arc<Shared>) {

@@ -164,6 +164,30 @@ impl PortId {
         l.copy_from_slice(&self.0[8..]);
         u64::from_be_bytes(l)
     }
+
+    /// `0x` followed by the 32 hexadecimal digits.
+    pub fn to_hex(&self) -> String {
+        let mut s = String::with_capacity(34);
+        s.push_str("0x");
+        for b in self.0 {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+
+    /// Parses one half of a port id (`id_ext`, `ioc_guid`,
+    /// `initiator_ext`) as ib_srp's `add_target` writes it: 1 to 16
+    /// hexadecimal digits, optional `0x`. The error is the reason.
+    pub fn parse_half(s: &str) -> Result<u64, String> {
+        let h = s
+            .strip_prefix("0x")
+            .or_else(|| s.strip_prefix("0X"))
+            .unwrap_or(s);
+        if h.is_empty() || h.len() > 16 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("`{s}` is not 1 to 16 hexadecimal digits"));
+        }
+        u64::from_str_radix(h, 16).map_err(|e| e.to_string())
+    }
 }
 
 /// Supported/requested data buffer descriptor formats (`req_buf_fmt` /

@@ -117,17 +117,7 @@ fn err(field: &'static str, reason: impl Into<String>) -> ConfigError {
 
 /// Parses 1..=16 hex digits with an optional `0x`.
 pub fn parse_hex_u64(field: &'static str, s: &str) -> Result<u64, ConfigError> {
-    let h = s
-        .strip_prefix("0x")
-        .or_else(|| s.strip_prefix("0X"))
-        .unwrap_or(s);
-    if h.is_empty() || h.len() > 16 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(err(
-            field,
-            format!("`{s}` is not 1 to 16 hexadecimal digits"),
-        ));
-    }
-    u64::from_str_radix(h, 16).map_err(|e| err(field, e.to_string()))
+    PortId::parse_half(s).map_err(|r| err(field, r))
 }
 
 /// Parses a 16-byte port id written as 32 hex digits (optional `0x`, `:`
@@ -155,12 +145,7 @@ pub fn parse_port_id(field: &'static str, s: &str) -> Result<PortId, ConfigError
 
 /// Formats a port id as `0x` + 32 hex digits.
 pub fn format_port_id(p: &PortId) -> String {
-    let mut s = String::with_capacity(34);
-    s.push_str("0x");
-    for b in p.0 {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
+    p.to_hex()
 }
 
 impl SrptTargetParams {
