@@ -96,11 +96,14 @@ const BOUNCE_TOTAL: usize = 8 << 20;
 /// Bounce buffers of a channel: (bytes per slot, slots). A slot holds the
 /// largest command, so a bounced command is never split further.
 pub(crate) fn bounce_geometry(cfg: &crate::params::SessionConfig) -> (usize, usize) {
-    let slot = cfg.max_transfer.min(MAX_CMD_BYTES) as usize;
+    // At least one block of the largest size (max_sect may be below it).
+    let slot = (cfg.max_transfer.min(MAX_CMD_BYTES) as usize).max(65536);
     (slot, (BOUNCE_TOTAL / slot).clamp(1, 4))
 }
-/// Size of the zero block (WRITE SAME data) and of the scratch buffer.
+/// Size of the scratch buffer (discovery data).
 pub(crate) const SCRATCH_BYTES: usize = 4096;
+/// Size of the zero block (WRITE SAME data: one block of the largest size).
+pub(crate) const ZERO_BYTES: usize = 65536;
 
 /// Where a channel is in connecting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,6 +148,8 @@ pub(crate) struct Consumer {
     pub inflight: usize,
     /// A proxy on another reactor (reactor, key): completions go there.
     pub forward: Option<crate::proxy::Forward>,
+    /// The channel was dropped; the slot is kept until its requests drain.
+    pub gone: bool,
 }
 
 /// One channel.
@@ -322,7 +327,7 @@ impl Conn {
                     MrBuf::with_access(pd, slot * n, rw)?
                 },
                 MrBuf::with_access(pd, SCRATCH_BYTES, rw)?,
-                MrBuf::with_access(pd, SCRATCH_BYTES, ro)?,
+                MrBuf::with_access(pd, ZERO_BYTES, ro)?,
             )
         };
         Ok(Bufs {
@@ -623,7 +628,11 @@ impl Conn {
         let data: Vec<u8> = self
             .bufs
             .as_ref()
-            .map(|b| b.scratch.as_slice()[..data_len.min(SCRATCH_BYTES)].to_vec())
+            .and_then(|b| {
+                b.scratch
+                    .range(0, data_len.min(SCRATCH_BYTES))
+                    .map(|d| d.to_vec())
+            })
             .unwrap_or_default();
         match d.answer(status, sense, &data) {
             Ok(None) => self.issue_discovery(),
@@ -735,6 +744,7 @@ impl Conn {
             q: VecDeque::with_capacity(self.engine.capacity()),
             inflight: 0,
             forward: None,
+            gone: false,
         };
         if let Some(i) = self.consumers.iter().position(|c| c.is_none()) {
             self.consumers[i] = Some(q);
@@ -753,24 +763,30 @@ impl Conn {
     }
 
     /// Unregisters a consumer (its unreported completions are dropped).
+    /// Unsent requests of a removed consumer are dropped (never sent: the
+    /// memory is no longer lent); the slot stays taken until what was sent
+    /// has come back, so no late completion reaches the slot's next user.
     pub fn remove_consumer(&mut self, c: u32) {
-        if let Some(s) = self.consumers.get_mut(c as usize) {
-            *s = None;
+        let Some(slot) = self.consumers.get_mut(c as usize) else {
+            return;
+        };
+        match slot {
+            Some(x) if x.inflight > 0 => {
+                x.gone = true;
+                x.q.clear();
+            }
+            _ => *slot = None,
         }
+        self.pump();
     }
 
-    /// Reports consumer `c`'s completions.
-    pub fn drain(&mut self, c: u32, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
-        let Some(Some(q)) = self.consumers.get_mut(c as usize) else {
-            return 0;
-        };
-        let n = q.q.len();
-        for _ in 0..n {
-            if let Some((t, s)) = q.q.pop_front() {
-                done(t, s);
-            }
+    /// Swaps consumer `c`'s completions with `out` (empty), so that they
+    /// can be reported without the channel borrowed: a completion callback
+    /// may submit to this bdev again.
+    pub fn take_done(&mut self, c: u32, out: &mut VecDeque<(u64, IoStatus)>) {
+        if let Some(Some(q)) = self.consumers.get_mut(c as usize) {
+            std::mem::swap(&mut q.q, out);
         }
-        n
     }
 
     /// Sends one IU from send slot `slot` (already encoded, `len` bytes).
@@ -798,7 +814,7 @@ impl Conn {
     pub(crate) fn send_slot_mut(&mut self, slot: usize) -> Option<&mut [u8]> {
         let b = self.bufs.as_mut()?;
         let s = b.send_slot;
-        b.send.as_mut_slice().get_mut(slot * s..(slot + 1) * s)
+        b.send.range_mut(slot * s, s)
     }
 
     /// Reposts receive slot `slot`.
@@ -820,7 +836,7 @@ impl Conn {
     pub(crate) fn recv_bytes(&self, slot: usize, len: usize) -> Option<&[u8]> {
         let b = self.bufs.as_ref()?;
         let s = b.recv_slot;
-        b.recv.as_slice().get(slot * s..slot * s + len.min(s))
+        b.recv.range(slot * s, len.min(s))
     }
 }
 

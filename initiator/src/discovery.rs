@@ -5,7 +5,7 @@
 //! 0xB2 (provisioning), READ CAPACITY(16).
 
 use crate::scsi::{
-    self, key, BlockLimits, Capacity, Cdb, Inquiry, Outcome, Provisioning, SenseInfo,
+    self, key, BlockLimits, Caching, Capacity, Cdb, Inquiry, Outcome, Provisioning, SenseInfo,
 };
 
 /// Bytes asked for by each discovery command.
@@ -32,6 +32,11 @@ pub struct Geometry {
     pub provisioning: Provisioning,
     /// LBPME in READ CAPACITY(16).
     pub thin: bool,
+    /// WCE of the Caching mode page (true when the page is not there:
+    /// then FUA writes are followed by SYNCHRONIZE CACHE, the safe side).
+    pub write_cache: bool,
+    /// DPOFUA: the target takes the FUA bit.
+    pub dpofua: bool,
 }
 
 impl Geometry {
@@ -60,6 +65,8 @@ impl Geometry {
             "unmap": self.use_unmap(),
             "write_same16_unmap": self.use_ws_unmap(),
             "unmap_reads_zeroes": self.provisioning.reads_zeroes,
+            "write_cache": self.write_cache,
+            "dpofua": self.dpofua,
         })
     }
 }
@@ -70,6 +77,7 @@ enum Step {
     Inquiry,
     Pages,
     Vpd(u8),
+    ModeSense,
     Capacity,
     Done,
 }
@@ -85,6 +93,7 @@ pub struct Discovery {
     device_id: Option<String>,
     limits: BlockLimits,
     provisioning: Provisioning,
+    caching: Option<Caching>,
 }
 
 impl Default for Discovery {
@@ -105,6 +114,7 @@ impl Discovery {
             device_id: None,
             limits: BlockLimits::default(),
             provisioning: Provisioning::default(),
+            caching: None,
         }
     }
 
@@ -115,6 +125,7 @@ impl Discovery {
             Step::Inquiry => Cdb::inquiry(None, 96),
             Step::Pages => Cdb::inquiry(Some(0), ALLOC_LEN),
             Step::Vpd(p) => Cdb::inquiry(Some(p), ALLOC_LEN),
+            Step::ModeSense => Cdb::mode_sense10(0x08, ALLOC_LEN),
             Step::Capacity => Cdb::read_capacity16(32),
             Step::Done => return None,
         })
@@ -136,7 +147,7 @@ impl Discovery {
                 return Step::Vpd(p);
             }
         }
-        Step::Capacity
+        Step::ModeSense
     }
 
     /// Feeds the answer to the current command (`data`: the bytes the
@@ -149,7 +160,7 @@ impl Discovery {
     ) -> Result<Option<Geometry>, String> {
         let what = format!("{:?}", self.step);
         match scsi::classify(scsi_status, sense) {
-            Outcome::Retry => {
+            Outcome::Retry | Outcome::Busy => {
                 self.retries += 1;
                 if self.retries > MAX_RETRIES {
                     return Err(format!(
@@ -167,6 +178,12 @@ impl Discovery {
                         self.retries = 0;
                         return Ok(None);
                     }
+                }
+                // No Caching page: keep the safe defaults.
+                if self.step == Step::ModeSense {
+                    self.step = Step::Capacity;
+                    self.retries = 0;
+                    return Ok(None);
                 }
                 if self.step == Step::Tur && s.is_some_and(|s| s.key == key::NOT_READY) {
                     self.retries += 1;
@@ -205,6 +222,10 @@ impl Discovery {
                 }
                 self.next_vpd(p)
             }
+            Step::ModeSense => {
+                self.caching = Caching::parse(data);
+                Step::Capacity
+            }
             Step::Capacity => {
                 let c =
                     Capacity::parse(data).ok_or("READ CAPACITY(16): short or invalid answer")?;
@@ -227,6 +248,8 @@ impl Discovery {
                     limits: self.limits,
                     provisioning: self.provisioning,
                     thin: c.thin,
+                    write_cache: self.caching.is_none_or(|m| m.write_cache),
+                    dpofua: self.caching.is_some_and(|m| m.dpofua),
                 }));
             }
             Step::Done => Step::Done,
@@ -270,6 +293,10 @@ mod tests {
         ill[0] = 0x70;
         ill[2] = 5;
         d.answer(2, &ill, &[]).unwrap();
+        // MODE SENSE(10) of the Caching page: WCE off.
+        assert_eq!(d.command().unwrap().bytes[0], 0x5a);
+        d.answer(0, &[], &[0, 18, 0, 0, 0, 0, 0, 0, 0x08, 18, 0, 0])
+            .unwrap();
         assert_eq!(d.command().unwrap().bytes[0], 0x9e);
         let mut rc = [0u8; 32];
         rc[7] = 0xff;
@@ -279,6 +306,7 @@ mod tests {
         assert_eq!(g.num_blocks, 256);
         assert_eq!(g.device_id.as_deref(), Some("eui.0909090909090909"));
         assert_eq!(g.inquiry.vendor, "STRATA");
+        assert!(!g.write_cache && !g.dpofua);
         assert!(!g.use_unmap());
         assert!(d.command().is_none());
     }

@@ -36,8 +36,13 @@ pub(crate) const WR_TMF: u64 = 2;
 pub(crate) const WR_RSP: u64 = 3;
 /// Tags of task management requests have this bit set.
 pub(crate) const TMF_TAG: u64 = 1 << 63;
-/// Tries of one command (unit attention, busy, aborted) before it fails.
+/// Tries of one command (unit attention, aborted) before it fails.
 pub(crate) const MAX_RETRIES: u32 = 5;
+/// Connection losses one command may live through before it fails (a
+/// command that kills the connection each time it is sent).
+pub(crate) const MAX_LOSSES: u32 = 5;
+/// Back-off before resending a command answered BUSY / TASK SET FULL.
+const BUSY_BACKOFF: Duration = Duration::from_millis(10);
 /// Descriptors one command may carry (the table slot's capacity).
 const MAX_DESCS: usize = TABLE_BYTES / DirectBuf::SIZE;
 
@@ -92,6 +97,14 @@ pub(crate) struct Cmd {
     /// Order of the last send (a LUN RESET resends only what it overtook).
     pub seq: u64,
     pub timed_out: bool,
+    /// Unit attentions / aborts answered so far (bounded by MAX_RETRIES).
+    pub retries: u32,
+    /// Connections lost with it outstanding (bounded by MAX_LOSSES).
+    pub losses: u32,
+    /// First send, for bounding BUSY / TASK SET FULL retries in time.
+    pub first_sent: Option<Instant>,
+    /// Not to be sent again before (BUSY back-off).
+    pub not_before: Instant,
 }
 
 impl Cmd {
@@ -109,6 +122,10 @@ impl Cmd {
             sent_at: now,
             seq: 0,
             timed_out: false,
+            retries: 0,
+            losses: 0,
+            first_sent: None,
+            not_before: now,
         }
     }
     pub(crate) fn tag(&self, idx: usize) -> u64 {
@@ -130,8 +147,10 @@ pub(crate) struct Req {
     pub(crate) total: u64,
     pub(crate) outstanding: u32,
     pub(crate) status: IoStatus,
-    pub(crate) retries: u32,
     pub(crate) queued: bool,
+    /// A FUA write to a target whose FUA bit cannot be used: SYNCHRONIZE
+    /// CACHE after the data, before the completion.
+    pub(crate) flush_after: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,6 +184,10 @@ pub(crate) struct Geo {
     block_size: u32,
     chunk_blocks: u32,
     unmap: bool,
+    /// Send the FUA bit (DPOFUA with a write cache on).
+    fua_bit: bool,
+    /// Emulate FUA with SYNCHRONIZE CACHE (write cache on, no DPOFUA).
+    fua_flush: bool,
     unmap_chunk: u32,
     ws_chunk: u32,
 }
@@ -218,8 +241,8 @@ impl Engine {
                     total: 0,
                     outstanding: 0,
                     status: IoStatus::Success,
-                    retries: 0,
                     queued: false,
+                    flush_after: false,
                 })
                 .collect(),
             free_reqs: (0..cap as u32).rev().collect(),
@@ -251,7 +274,7 @@ impl Engine {
 
     pub fn set_geometry(&mut self, g: &Geometry, cfg: &SessionConfig) {
         let bs = g.block_size;
-        let mut max = cfg.max_transfer.min(MAX_CMD_BYTES);
+        let mut max = cfg.max_transfer.min(MAX_CMD_BYTES).max(bs);
         if g.limits.max_transfer_blocks > 0 {
             max = max.min(g.limits.max_transfer_blocks.saturating_mul(bs));
         }
@@ -264,6 +287,8 @@ impl Engine {
             block_size: bs,
             chunk_blocks: (max / bs).max(1),
             unmap: g.use_unmap(),
+            fua_bit: g.write_cache && g.dpofua,
+            fua_flush: g.write_cache && !g.dpofua,
             unmap_chunk: g.limits.max_unmap_blocks.clamp(1, u32::MAX),
             ws_chunk: ws,
         });
@@ -284,13 +309,31 @@ impl Conn {
     }
 
     pub(crate) fn push_done(&mut self, consumer: u32, tag: u64, st: IoStatus) {
-        if let Some(Some(q)) = self.consumers.get_mut(consumer as usize) {
-            q.inflight = q.inflight.saturating_sub(1);
-            match &q.forward {
-                Some(f) => f.deliver(tag, st),
-                None => q.q.push_back((tag, st)),
+        let slot = self.consumers.get_mut(consumer as usize);
+        let Some(Some(q)) = slot else {
+            return;
+        };
+        q.inflight = q.inflight.saturating_sub(1);
+        if q.gone {
+            // Its channel was dropped: the slot is free once nothing of it
+            // is outstanding (so no late completion reaches a successor).
+            if q.inflight == 0 {
+                self.consumers[consumer as usize] = None;
             }
+            return;
         }
+        match &q.forward {
+            Some(f) => f.deliver(tag, st),
+            None => q.q.push_back((tag, st)),
+        }
+    }
+
+    /// Whether request `ri`'s consumer dropped its channel.
+    fn orphaned(&self, ri: u32) -> bool {
+        let Some(r) = self.engine.reqs.get(ri as usize) else {
+            return false;
+        };
+        matches!(self.consumers.get(r.consumer as usize), Some(Some(c)) if c.gone)
     }
 
     /// Queues a bdev request (see `bdev::BdevChannel::submit`).
@@ -355,6 +398,8 @@ impl Conn {
         let Some(ri) = self.engine.free_reqs.pop() else {
             return Err(QueueFull);
         };
+        let fua_flush =
+            req.io_type == IoType::Write && req.fua && self.engine.geo.is_some_and(|g| g.fua_flush);
         let total = if req.io_type.has_range() {
             req.num_blocks
         } else {
@@ -362,6 +407,7 @@ impl Conn {
         };
         self.fill_req(ri, consumer, req, tag, total);
         self.engine.reqs[ri as usize].queued = true;
+        self.engine.reqs[ri as usize].flush_after = fua_flush;
         self.engine.waitq.push_back(ri);
         self.pump();
         Ok(())
@@ -388,8 +434,8 @@ impl Conn {
         r.total = total;
         r.outstanding = 0;
         r.status = IoStatus::Success;
-        r.retries = 0;
         r.queued = false;
+        r.flush_after = false;
     }
 
     pub(crate) fn complete_req(&mut self, ri: u32) {
@@ -411,23 +457,46 @@ impl Conn {
         }
         let running = self.sh.port_state() == PortState::Running;
         let mut n = self.flush_answers();
-        while let Some(&ci) = self.engine.resendq.front() {
-            let internal = matches!(self.engine.cmds[ci as usize].kind, CmdKind::Internal { .. });
-            if !self.can_send() || !(running || internal) {
+        // One pass over the queue: a command that cannot go now (backing
+        // off, no bounce slot) goes to the back instead of blocking the
+        // ones behind it (which may hold the bounce slots it waits for).
+        let mut tries = self.engine.resendq.len();
+        while tries > 0 && self.can_send() {
+            tries -= 1;
+            let Some(ci) = self.engine.resendq.pop_front() else {
                 break;
+            };
+            let c = self.engine.cmds[ci as usize];
+            if c.state != CmdState::Queued {
+                continue;
+            }
+            let internal = matches!(c.kind, CmdKind::Internal { .. });
+            if !internal && self.orphaned(c.req) {
+                // Never sent again: its memory is no longer lent to us.
+                self.finish_cmd(ci as usize, IoStatus::Aborted);
+                continue;
+            }
+            if !(running || internal) || c.not_before > self.now {
+                self.engine.resendq.push_back(ci);
+                continue;
             }
             match self.send_cmd(ci as usize) {
-                Ok(()) => {
-                    self.engine.resendq.pop_front();
-                    n += 1;
-                }
-                Err(()) => break,
+                Ok(()) => n += 1,
+                Err(()) => self.engine.resendq.push_back(ci),
             }
         }
         if !running {
             return n;
         }
         while let Some(&ri) = self.engine.waitq.front() {
+            if self.orphaned(ri) {
+                let r = &mut self.engine.reqs[ri as usize];
+                r.next = r.total;
+                r.status = IoStatus::Aborted;
+                if r.outstanding == 0 {
+                    self.complete_req(ri);
+                }
+            }
             let r = &self.engine.reqs[ri as usize];
             if !r.busy || r.next >= r.total {
                 self.engine.reqs[ri as usize].queued = false;
@@ -481,7 +550,9 @@ impl Conn {
         let (kind, blocks) = match r.op {
             IoType::Read => (CmdKind::Read, left.min(u64::from(geo.chunk_blocks))),
             IoType::Write => (
-                CmdKind::Write { fua: r.fua },
+                CmdKind::Write {
+                    fua: r.fua && geo.fua_bit,
+                },
                 left.min(u64::from(geo.chunk_blocks)),
             ),
             IoType::Flush => (CmdKind::Flush, 1),
@@ -512,6 +583,10 @@ impl Conn {
         c.len = len;
         c.bounce = None;
         c.timed_out = false;
+        c.retries = 0;
+        c.losses = 0;
+        c.first_sent = None;
+        c.not_before = self.now;
         let r = &mut self.engine.reqs[ri as usize];
         r.next += blocks;
         r.outstanding += 1;
@@ -631,7 +706,12 @@ impl Conn {
                 } else if use_bounce.is_none() {
                     let mapped = self.map_descs(c.req, c.off, c.len);
                     let n = self.engine.descs.len();
-                    if !mapped || (n > 1 && self.neg.inline_descs == 0) {
+                    // Descriptors beyond the inline ones need a target that
+                    // fetches tables (strata's does; ib_srpt does not):
+                    // ib_srp's allow_ext_sg.
+                    let inline = self.neg.inline_descs;
+                    let ext = n > 1 && (inline == 0 || (n > inline && !self.sh.cfg.allow_ext_sg));
+                    if !mapped || ext {
                         let Some(b) = self.engine.bounce_free.pop() else {
                             return Err(());
                         };
@@ -686,7 +766,7 @@ impl Conn {
                 let slot = self
                     .bufs
                     .as_mut()
-                    .map(|b| &mut b.tables.as_mut_slice()[ci * TABLE_BYTES..]);
+                    .and_then(|b| b.tables.range_mut(ci * TABLE_BYTES, TABLE_BYTES));
                 let Some(slot) = slot else { return Err(()) };
                 scsi::unmap_param_list(slot, c.lba, c.blocks);
                 data_out = DataDesc::Direct(DirectBuf {
@@ -731,7 +811,9 @@ impl Conn {
             let Some(bufs) = self.bufs.as_mut() else {
                 return Err(());
             };
-            let t = &mut bufs.tables.as_mut_slice()[ci * TABLE_BYTES..(ci + 1) * TABLE_BYTES];
+            let Some(t) = bufs.tables.range_mut(ci * TABLE_BYTES, TABLE_BYTES) else {
+                return Err(());
+            };
             for (k, d) in self.engine.descs.iter().enumerate() {
                 let _ = d.encode_at(t, k * DirectBuf::SIZE);
             }
@@ -777,7 +859,9 @@ impl Conn {
                 data_in,
             };
             let s = b.send_slot;
-            let slot = &mut b.send.as_mut_slice()[ci * s..(ci + 1) * s];
+            let Some(slot) = b.send.range_mut(ci * s, s) else {
+                return Err(());
+            };
             match cmd.encode(slot) {
                 Ok(n) => n,
                 Err(e) => {
@@ -788,10 +872,12 @@ impl Conn {
         };
         if imm_len > 0 {
             let s = self.bufs.as_ref().map(|b| b.send_slot).unwrap_or(0);
-            let dst = self.bufs.as_mut().map(|b| {
-                b.send.as_mut_slice()[ci * s + usize::from(srp::LINUX_IMM_DATA_OFFSET)..]
-                    .as_mut_ptr()
-            });
+            let at = ci * s + usize::from(srp::LINUX_IMM_DATA_OFFSET);
+            let dst = self
+                .bufs
+                .as_mut()
+                .and_then(|b| b.send.range_mut(at, imm_len))
+                .map(|d| d.as_mut_ptr());
             if let Some(dst) = dst {
                 // SAFETY: `dst` has `imm_len` bytes (the encoder checked the
                 // IU fits the slot); the iovecs are lent by the submitter.
@@ -809,6 +895,7 @@ impl Conn {
         cm.sent_at = now;
         self.engine.send_seq += 1;
         cm.seq = self.engine.send_seq;
+        cm.first_sent.get_or_insert(now);
         self.engine.inflight += 1;
         self.sh.chans[self.ch]
             .commands
@@ -825,6 +912,10 @@ impl Conn {
         c.req = u32::MAX;
         c.bounce = None;
         c.timed_out = false;
+        c.retries = 0;
+        c.losses = 0;
+        c.first_sent = None;
+        c.not_before = self.now;
         self.engine.resendq.push_back(ci as u16);
         self.pump();
         Ok(())
@@ -870,31 +961,47 @@ impl Conn {
             r.next = r.total;
         }
         if r.outstanding == 0 && r.next >= r.total {
+            if r.flush_after && r.status.is_ok() {
+                // FUA emulated: the data is written, now make it durable.
+                r.flush_after = false;
+                r.op = IoType::Flush;
+                r.next = 0;
+                r.total = 1;
+                r.queued = true;
+                self.engine.waitq.push_back(ri);
+                return;
+            }
             self.complete_req(ri);
         }
     }
 
-    /// Sends command `ci` again (unit attention, busy, aborted), or fails
-    /// it when it has been tried enough.
-    pub(crate) fn retry_cmd(&mut self, ci: usize) {
+    /// Sends command `ci` again (unit attention, aborted: at most
+    /// MAX_RETRIES times; `busy`: BUSY / TASK SET FULL, after a back-off,
+    /// for as long as `cmd_timeout` allows), or fails it.
+    pub(crate) fn retry_cmd(&mut self, ci: usize, busy: bool) {
         let c = self.engine.cmds[ci];
-        let tries = match self.engine.reqs.get_mut(c.req as usize) {
-            Some(r) => {
-                r.retries += 1;
-                r.retries
-            }
-            None => 0,
+        let give_up = if busy {
+            c.first_sent
+                .is_some_and(|t| self.now.duration_since(t) > self.engine.cmd_timeout)
+        } else {
+            c.retries >= MAX_RETRIES
         };
-        if tries > MAX_RETRIES {
+        if give_up {
             self.finish_cmd(ci, IoStatus::PathError);
             return;
         }
         self.sh.stats.retries.fetch_add(1, Ordering::Relaxed);
-        if self.engine.cmds[ci].state == CmdState::Sent {
+        if c.state == CmdState::Sent {
             self.engine.inflight = self.engine.inflight.saturating_sub(1);
         }
-        self.engine.cmds[ci].state = CmdState::Queued;
-        self.engine.cmds[ci].timed_out = false;
+        let cm = &mut self.engine.cmds[ci];
+        if busy {
+            cm.not_before = self.now + BUSY_BACKOFF;
+        } else {
+            cm.retries += 1;
+        }
+        cm.state = CmdState::Queued;
+        cm.timed_out = false;
         self.engine.resendq.push_back(ci as u16);
     }
 }

@@ -112,10 +112,13 @@ pub(crate) fn bdev_info(name: &str, g: &Geometry, queue_depth: usize) -> BdevInf
         uuid: bdev::uuid_from_name("srp", &id),
         caps: Capabilities {
             flush: true,
+            // Honoured either way: the FUA bit where the target takes it,
+            // SYNCHRONIZE CACHE after the write where not, nothing needed
+            // with the write cache off.
             fua: true,
             unmap: g.use_unmap() || g.use_ws_unmap(),
             write_zeroes: g.limits.max_write_same_blocks > 0
-                && g.block_size as usize <= conn::SCRATCH_BYTES,
+                && g.block_size as usize <= conn::ZERO_BYTES,
             unmap_reads_zeroes: g.provisioning.reads_zeroes,
             read_only: false,
         },
@@ -209,6 +212,14 @@ impl SrpBdev {
                 });
             }
         };
+        // Every channel knows the geometry before the bdev is handed out
+        // (the coordinator also sends it, asynchronously).
+        for c in &shared.chans[..shared.active.load(Ordering::Acquire)] {
+            let (sid, g) = (shared.id, geometry.clone());
+            let _ = reactors.call(c.reactor, move || {
+                conn::with_conn(sid, |cn| cn.set_geometry(&g));
+            });
+        }
         let info = bdev_info(&shared.cfg.name, &geometry, io_capacity(&shared.cfg));
         tracing::info!(bdev = %info.name, dest = %shared.cfg.dest, block_size = info.block_size,
             num_blocks = info.num_blocks, device_id = ?geometry.device_id,
@@ -303,7 +314,12 @@ impl Bdev for SrpBdev {
         match local {
             Some(conn) => {
                 let consumer = conn.borrow_mut().add_consumer();
-                Ok(Box::new(SrpChannel { conn, consumer }))
+                let cap = conn.borrow().engine.capacity();
+                Ok(Box::new(SrpChannel {
+                    conn,
+                    consumer,
+                    ready: std::collections::VecDeque::with_capacity(cap),
+                }))
             }
             // No channel of ours on this reactor: borrow one elsewhere.
             None => Ok(Box::new(proxy::ProxyChannel::new(
@@ -347,6 +363,8 @@ impl Drop for SrpBdev {
 struct SrpChannel {
     conn: Rc<RefCell<conn::Conn>>,
     consumer: u32,
+    /// Completions being reported (swapped with the consumer's queue).
+    ready: std::collections::VecDeque<(u64, IoStatus)>,
 }
 
 impl BdevChannel for SrpChannel {
@@ -356,9 +374,17 @@ impl BdevChannel for SrpChannel {
     }
 
     fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
-        let mut c = self.conn.borrow_mut();
-        c.progress();
-        c.drain(self.consumer, done)
+        {
+            let mut c = self.conn.borrow_mut();
+            c.progress();
+            c.take_done(self.consumer, &mut self.ready);
+        }
+        // The channel is not borrowed while `done` runs.
+        let n = self.ready.len();
+        while let Some((t, s)) = self.ready.pop_front() {
+            done(t, s);
+        }
+        n
     }
 
     fn inflight(&self) -> usize {

@@ -110,6 +110,12 @@ pub struct SrpAttachParams {
     /// `"verbs"` (default) or `"loopback"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// As ib_srp's `allow_ext_sg` (default false): send indirect tables
+    /// longer than the IU holds and let the target fetch the rest by RDMA
+    /// READ. strata's target does; LIO's ib_srpt refuses such commands, so
+    /// by default those requests go through a bounce buffer instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_ext_sg: Option<bool>,
 }
 
 /// A parameter error; the message names the field.
@@ -164,6 +170,8 @@ pub struct SessionConfig {
     pub dev_loss_tmo: Option<Duration>,
     /// Provider.
     pub provider: rdma::Provider,
+    /// Let the target fetch descriptor tables.
+    pub allow_ext_sg: bool,
 }
 
 impl SessionConfig {
@@ -296,6 +304,7 @@ impl SrpAttachParams {
             fast_io_fail_tmo,
             dev_loss_tmo,
             provider,
+            allow_ext_sg: self.allow_ext_sg.unwrap_or(false),
         })
     }
 }

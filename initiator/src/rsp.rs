@@ -247,7 +247,8 @@ impl Conn {
             }
         }
         match outcome {
-            Outcome::Retry => self.retry_cmd(ci),
+            Outcome::Retry => self.retry_cmd(ci, false),
+            Outcome::Busy => self.retry_cmd(ci, true),
             Outcome::Done(st) => self.finish_cmd(ci, st),
         }
     }

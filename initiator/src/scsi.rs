@@ -101,6 +101,17 @@ impl Cdb {
         Cdb { bytes: b, len: 6 }
     }
 
+    /// MODE SENSE(10) of the current values of `page`, no block
+    /// descriptors.
+    pub fn mode_sense10(page: u8, alloc: u16) -> Cdb {
+        let mut b = [0u8; 16];
+        b[0] = 0x5a;
+        b[1] = 0x08;
+        b[2] = page & 0x3f;
+        b[7..9].copy_from_slice(&alloc.to_be_bytes());
+        Cdb { bytes: b, len: 10 }
+    }
+
     /// READ CAPACITY(16).
     pub fn read_capacity16(alloc: u32) -> Cdb {
         let mut b = [0u8; 16];
@@ -176,8 +187,12 @@ pub mod key {
 pub enum Outcome {
     /// Complete the request with this status.
     Done(IoStatus),
-    /// Send the command again (unit attention, busy, aborted command).
+    /// Send the command again (unit attention, aborted command): a
+    /// bounded number of times.
     Retry,
+    /// The target is busy (BUSY, TASK SET FULL): send again after a pause,
+    /// for as long as the command time-out allows.
+    Busy,
 }
 
 /// Maps a SCSI status and its sense data to an outcome, as the issue and
@@ -188,7 +203,8 @@ pub enum Outcome {
 pub fn classify(scsi_status: u8, sense: &[u8]) -> Outcome {
     match scsi_status {
         status::GOOD | status::CONDITION_MET => Outcome::Done(IoStatus::Success),
-        status::BUSY | status::TASK_SET_FULL | status::TASK_ABORTED => Outcome::Retry,
+        status::BUSY | status::TASK_SET_FULL => Outcome::Busy,
+        status::TASK_ABORTED => Outcome::Retry,
         status::RESERVATION_CONFLICT => Outcome::Done(IoStatus::InvalidRequest),
         status::CHECK_CONDITION => match SenseInfo::parse(sense) {
             None => Outcome::Done(IoStatus::PathError),
@@ -369,6 +385,35 @@ impl Provisioning {
     }
 }
 
+/// What MODE SENSE(10) of the Caching page (0x08) says about writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caching {
+    /// WCE: the LU has a volatile write cache that is on.
+    pub write_cache: bool,
+    /// DPOFUA (mode parameter header): the FUA bit is supported.
+    pub dpofua: bool,
+}
+
+impl Caching {
+    /// Parses MODE SENSE(10) data holding the Caching page.
+    pub fn parse(b: &[u8]) -> Option<Caching> {
+        if b.len() < 8 {
+            return None;
+        }
+        let dpofua = b[3] & 0x10 != 0;
+        let bdl = u16::from_be_bytes([b[6], b[7]]) as usize;
+        let p = 8usize.checked_add(bdl)?;
+        let page = b.get(p..p + 3)?;
+        if page[0] & 0x3f != 0x08 {
+            return None;
+        }
+        Some(Caching {
+            write_cache: page[2] & 0x04 != 0,
+            dpofua,
+        })
+    }
+}
+
 /// READ CAPACITY(16) data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capacity {
@@ -420,6 +465,26 @@ mod tests {
             &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0]
         );
         assert_eq!(Cdb::write_same16(0, 8, true).bytes[1], 0x08);
+        assert_eq!(
+            Cdb::mode_sense10(0x08, 64).as_slice(),
+            &[0x5a, 0x08, 0x08, 0, 0, 0, 0, 0, 64, 0]
+        );
+        // Header with DPOFUA, no block descriptors, Caching page with WCE.
+        let ms = [0, 26, 0, 0x10, 0, 0, 0, 0, 0x08, 18, 0x04, 0];
+        assert_eq!(
+            Caching::parse(&ms),
+            Some(Caching {
+                write_cache: true,
+                dpofua: true
+            })
+        );
+        assert_eq!(Caching::parse(&ms[..9]), None);
+        let mut other = ms;
+        other[8] = 0x0a;
+        assert_eq!(Caching::parse(&other), None);
+        let mut big_bdl = ms;
+        big_bdl[6] = 0xff;
+        assert_eq!(Caching::parse(&big_bdl), None);
         let mut b = [0xffu8; 24];
         assert_eq!(unmap_param_list(&mut b, 5, 7), 24);
         assert_eq!(&b[..4], &[0, 22, 0, 16]);
@@ -462,7 +527,8 @@ mod tests {
             Outcome::Done(IoStatus::ReadOnly)
         );
         assert_eq!(classify(cc, &[]), Outcome::Done(IoStatus::PathError));
-        assert_eq!(classify(status::BUSY, &[]), Outcome::Retry);
+        assert_eq!(classify(status::BUSY, &[]), Outcome::Busy);
+        assert_eq!(classify(status::TASK_ABORTED, &[]), Outcome::Retry);
         assert_eq!(classify(0x77, &[]), Outcome::Done(IoStatus::PathError));
         // Descriptor format.
         assert_eq!(

@@ -156,8 +156,18 @@ impl Shared {
         PortState::from_u8(self.state.load(Ordering::Relaxed))
     }
 
+    /// Moves the port to `s`; LOST is final (as `srp_rport_set_state`):
+    /// a reconnect finishing after a detach or dev_loss does not revive it.
     fn set_state(&self, s: PortState) {
-        let old = PortState::from_u8(self.state.swap(s as u8, Ordering::AcqRel));
+        let r = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                (PortState::from_u8(v) != PortState::Lost).then_some(s as u8)
+            });
+        let Ok(old) = r else {
+            return;
+        };
+        let old = PortState::from_u8(old);
         if old != s {
             tracing::info!(bdev = %self.cfg.name, from = old.name(), to = s.name(), "SRP port state");
         }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use bdev::IoStatus;
 use srp::{tsk_mgmt_rsp, Encode, TaskMgmtFunction, TskMgmt};
 
-use crate::conn::{Conn, Phase, RSP_SLOTS};
-use crate::io::{wr, CmdKind, CmdState, Tmf, TMF_TAG, WR_TMF};
+use crate::conn::{Conn, Phase, RSP_SLOTS, TMF_SLOTS};
+use crate::io::{wr, CmdState, Tmf, MAX_LOSSES, TMF_TAG, WR_TMF};
 
 /// How long an ABORT TASK may take before a LUN RESET, and a LUN RESET
 /// before a reconnect: ib_srp's SRP_ABORT_TIMEOUT_MS (5 s), or the command
@@ -27,7 +27,9 @@ impl Conn {
         }
         self.engine.tmf_seq += 1;
         let tag = TMF_TAG | self.engine.tmf_seq;
-        let slot = self.engine.cmds.len();
+        // Two slots, alternating: an ABORT TASK the HCA may still be
+        // retransmitting is not overwritten by the LUN RESET after it.
+        let slot = self.engine.cmds.len() + (self.engine.tmf_seq % TMF_SLOTS as u64) as usize;
         let iu = TskMgmt {
             sol_not: 0,
             tag,
@@ -153,7 +155,7 @@ impl Conn {
                         .fetch_add(1, Ordering::Relaxed);
                     if still {
                         tracing::info!(bdev = %self.sh.cfg.name, channel = self.ch, "ABORT TASK succeeded: retrying the command");
-                        self.retry_cmd(ci);
+                        self.retry_cmd(ci, false);
                     }
                 } else if still {
                     tracing::warn!(bdev = %self.sh.cfg.name, channel = self.ch, code, "ABORT TASK failed: LUN RESET");
@@ -173,11 +175,8 @@ impl Conn {
                     // ones sent after it).
                     for ci in 0..self.engine.cmds.len() {
                         let c = self.engine.cmds[ci];
-                        if c.state == CmdState::Sent
-                            && c.seq <= seq
-                            && !matches!(c.kind, CmdKind::Internal { .. })
-                        {
-                            self.retry_cmd(ci);
+                        if c.state == CmdState::Sent && c.seq <= seq {
+                            self.retry_cmd(ci, false);
                         }
                     }
                     self.finish_resets(IoStatus::Success);
@@ -209,14 +208,25 @@ impl Conn {
         // A reset's effect (nothing left in flight on the old nexus) is
         // reached by the reconnect itself.
         self.finish_resets(IoStatus::Success);
-        for ci in 0..self.engine.cmds.len() {
-            if self.engine.cmds[ci].state == CmdState::Sent {
-                self.engine.cmds[ci].state = CmdState::Queued;
-                self.engine.cmds[ci].timed_out = false;
-                self.engine.resendq.push_back(ci as u16);
-            }
-        }
         self.engine.inflight = 0;
+        for ci in 0..self.engine.cmds.len() {
+            let c = &mut self.engine.cmds[ci];
+            if c.state != CmdState::Sent {
+                continue;
+            }
+            c.state = CmdState::Queued;
+            c.timed_out = false;
+            c.losses += 1;
+            if c.losses > MAX_LOSSES {
+                // It went down with the connection every time: fail it
+                // rather than take the session down again and again.
+                tracing::warn!(bdev = %self.sh.cfg.name, lba = c.lba,
+                    "command outstanding at {MAX_LOSSES} connection losses: failing it");
+                self.finish_cmd(ci, IoStatus::PathError);
+                continue;
+            }
+            self.engine.resendq.push_back(ci as u16);
+        }
         self.engine.rsp_free = (0..RSP_SLOTS as u16).collect();
         self.neg.req_lim = 0;
         self.sq_free = 0;
@@ -226,13 +236,9 @@ impl Conn {
     /// Completes every request with `st` (the connection is down). Returns
     /// how many.
     pub(crate) fn fail_everything(&mut self, st: IoStatus) -> usize {
-        while let Some(ci) = self.engine.resendq.pop_front() {
-            let ci = ci as usize;
-            if matches!(self.engine.cmds[ci].kind, CmdKind::Internal { .. }) {
-                self.free_cmd(ci);
-                continue;
-            }
-            self.free_cmd(ci);
+        self.engine.resendq.clear();
+        while let Some((c, tag, _)) = self.remote_backlog.pop_front() {
+            self.push_done(c, tag, st);
         }
         for ci in 0..self.engine.cmds.len() {
             if self.engine.cmds[ci].state != CmdState::Free {

@@ -1189,3 +1189,52 @@ fn io_waiting_for_credits_that_never_come_is_bounded() {
     );
     assert_eq!(f.done.len(), 1);
 }
+
+/// FUA as the target's Caching mode page allows it: the FUA bit with
+/// DPOFUA; SYNCHRONIZE CACHE after the write with a write cache but no
+/// DPOFUA (the completion waits for it); nothing with the cache off.
+#[test]
+fn fua_follows_the_caching_mode_page() {
+    init_tracing();
+    let ini = reactors(1);
+    for (wce, dpofua, want) in [
+        (true, true, (0, 1)),
+        (true, false, (1, 0)),
+        (false, false, (0, 0)),
+    ] {
+        let fake = FakeTarget::start(port());
+        fake.set_caching(wce, dpofua);
+        let b = attach(&fake, serde_json::json!({}), &ini);
+        assert_eq!(b.geometry().write_cache, wce);
+        assert_eq!(b.geometry().dpofua, dpofua);
+        let before = fake.durability_cmds();
+        let bd: Arc<dyn Bdev> = Arc::clone(&b) as Arc<dyn Bdev>;
+        let st = ini
+            .handle()
+            .call(0, move || {
+                let mut ch = bdev::open_channel(&bd).unwrap();
+                let mut buf = AlignedBuf::new(8 * BLOCK_SIZE);
+                fill_pattern(buf.as_mut_slice(), 0, BLOCK_SIZE, 77);
+                let v = [buf.iovec(0, buf.len())];
+                let req = IoRequest::write(0, 8, &v).with_fua(true);
+                let mut st = None;
+                // SAFETY: `buf` outlives the synchronous call.
+                unsafe { ch.submit(&req, 1) }.unwrap();
+                let t0 = Instant::now();
+                while st.is_none() && t0.elapsed() < Duration::from_secs(10) {
+                    ch.poll(&mut |_, s| st = Some(s));
+                }
+                st
+            })
+            .unwrap();
+        assert_eq!(st, Some(IoStatus::Success), "wce {wce} dpofua {dpofua}");
+        let after = fake.durability_cmds();
+        assert_eq!(
+            (after.0 - before.0, after.1 - before.1),
+            want,
+            "wce {wce} dpofua {dpofua}: (SYNCHRONIZE CACHE, FUA writes)"
+        );
+        assert_eq!(fake.disk_mismatches(0, 8, 77), 0);
+        assert_clean(&fake);
+    }
+}

@@ -86,8 +86,10 @@ fn large_requests_use_indirect_tables_inline_and_fetched() {
     }
     assert!(stat(&b, "indirect_cmds") > 0);
     // 4 MiB in 256 segments is one command of 256 descriptors: 255 fit
-    // inline, so the target fetched the table (once per direction).
-    assert_eq!(stat(&b, "external_tables"), 2);
+    // inline; without allow_ext_sg (ib_srpt cannot fetch tables) it is
+    // bounced instead (once per direction).
+    assert_eq!(stat(&b, "external_tables"), 0);
+    assert_eq!(stat(&b, "bounce_cmds"), 2);
     // max_sect 8192 (4 MiB): a 4 MiB request is one command each way.
     let before = session(&b)["channels"][0]["commands"].as_u64().unwrap();
     assert_eq!(write(&ini, 0, &b, 0, 1024, 13, 1, true), IoStatus::Success);
@@ -99,13 +101,12 @@ fn large_requests_use_indirect_tables_inline_and_fetched() {
         session(&b)["channels"][0]["commands"].as_u64().unwrap() - before,
         2
     );
-    assert_eq!(stat(&b, "bounce_cmds"), 0);
     b.detach();
-    // No immediate data: 260-byte IUs carry 12 descriptors; the target
-    // fetches the rest of the table by RDMA READ.
+    // No immediate data: 260-byte IUs carry 12 descriptors; with
+    // allow_ext_sg the target fetches the rest of the table by RDMA READ.
     let b = attach(
         port,
-        serde_json::json!({"immediate_data": false, "max_sect": 8192}),
+        serde_json::json!({"immediate_data": false, "max_sect": 8192, "allow_ext_sg": true}),
         &ini,
     );
     let s = session(&b);
@@ -116,6 +117,15 @@ fn large_requests_use_indirect_tables_inline_and_fetched() {
     assert_eq!((w, r, bad), (IoStatus::Success, IoStatus::Success, 0));
     assert!(stat(&b, "external_tables") >= 2);
     assert_eq!(stat(&b, "immediate_cmds"), 0);
+    assert_eq!(stat(&b, "bounce_cmds"), 0);
+    b.detach();
+    // The same without allow_ext_sg: 16 descriptors > 12 inline: bounced.
+    let b = attach(port, serde_json::json!({"immediate_data": false}), &ini);
+    let w = write(&ini, 0, &b, 8, 64, 14, 16, true);
+    let (r, bad) = verify(&ini, 0, &b, 8, 64, 14, 12, true);
+    assert_eq!((w, r, bad), (IoStatus::Success, IoStatus::Success, 0));
+    assert_eq!(stat(&b, "external_tables"), 0);
+    assert_eq!((stat(&b, "bounce_cmds"), stat(&b, "indirect_cmds")), (1, 1));
 }
 
 #[test]
@@ -379,4 +389,68 @@ fn a_reactor_without_a_channel_borrows_one() {
     );
     assert_eq!(target_verify(&tgt, 40, 64, 8), 0);
     assert!(session(&b)["channels"][0]["commands"].as_u64().unwrap() >= 3);
+}
+
+/// More bounced writes than bounce slots, in flight when the target logs
+/// the session out: the ones waiting for a slot must not block the resend
+/// of the ones holding the slots. All complete, and the data is there.
+#[test]
+fn bounced_requests_beyond_the_slots_survive_a_reconnect() {
+    init_tracing();
+    let port = port();
+    let base = malloc("m0", 8);
+    let slow: Arc<dyn Bdev> = Arc::new(bdev::delay::create("tgt0", base, 0, 300_000).unwrap());
+    let tgt = TargetSide::with_bdev(port, slow);
+    let ini = reactors(1);
+    let b = attach(
+        port,
+        serde_json::json!({"reconnect_delay_s": 0.1, "immediate_data": false}),
+        &ini,
+    );
+    const N: usize = 8;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let bd: Arc<dyn Bdev> = Arc::clone(&b) as Arc<dyn Bdev>;
+    ini.handle()
+        .send(0, move || {
+            let mut ch = bdev::open_channel(&bd).unwrap();
+            // Plain heap memory: outside every registered region.
+            let mut bufs: Vec<Vec<u8>> = (0..N).map(|_| vec![0u8; 16 * 4096]).collect();
+            for (i, buf) in bufs.iter_mut().enumerate() {
+                bdev::testing::fill_pattern(buf, (i * 16) as u64, 4096, 21);
+                let v = [bdev::IoVec::from_slice(buf)];
+                // SAFETY: `bufs` moves into the poller and lives until every
+                // completion has been reported.
+                unsafe { ch.submit(&bdev::IoRequest::write((i * 16) as u64, 16, &v), i as u64) }
+                    .unwrap();
+            }
+            let mut left = N;
+            reactor::register_poller("test_bounce", move || {
+                let _keep = &bufs;
+                ch.poll(&mut |t, s| {
+                    left -= 1;
+                    let _ = tx.send((t, s));
+                });
+                reactor::Poll::from_count(left)
+            });
+        })
+        .unwrap();
+    // The first four hold the bounce slots and sit in the slow target.
+    assert!(wait_until(Duration::from_secs(5), || stat(
+        &b,
+        "bounce_cmds"
+    ) >= 4));
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(tgt.target.as_ref().unwrap().logout_all(), 1);
+    let mut got = Vec::new();
+    for _ in 0..N {
+        got.push(
+            rx.recv_timeout(Duration::from_secs(30))
+                .expect("every write completes"),
+        );
+    }
+    assert!(got.iter().all(|(_, s)| *s == IoStatus::Success), "{got:?}");
+    assert!(stat(&b, "reconnects") >= 1);
+    for i in 0..N {
+        assert_eq!(target_verify(&tgt, (i * 16) as u64, 16, 21), 0, "write {i}");
+    }
 }

@@ -426,6 +426,30 @@ impl MrBuf {
         // SAFETY: as in `as_slice`, and `&mut self` makes the slice unique.
         unsafe { std::slice::from_raw_parts_mut(self.buf.ptr, self.buf.len) }
     }
+    /// `len` bytes at `offset`, or None if out of bounds; the slice covers
+    /// only that range (see [`MrBuf::range_mut`]).
+    pub fn range(&self, offset: usize, len: usize) -> Option<&[u8]> {
+        let end = offset.checked_add(len)?;
+        if end > self.buf.len {
+            return None;
+        }
+        // SAFETY: within the live allocation; the caller's contracts
+        // exclude device writes to this range while the slice lives.
+        Some(unsafe { std::slice::from_raw_parts(self.buf.ptr.add(offset), len) })
+    }
+    /// `len` bytes at `offset`, mutable, or None if out of bounds. Unlike
+    /// [`MrBuf::as_mut_slice`] the slice covers only that range, so the
+    /// rest of the buffer may be in use by the device or a peer.
+    pub fn range_mut(&mut self, offset: usize, len: usize) -> Option<&mut [u8]> {
+        let end = offset.checked_add(len)?;
+        if end > self.buf.len {
+            return None;
+        }
+        // SAFETY: `offset..end` lies within the live allocation; `&mut
+        // self` makes the slice unique on our side, and the caller's post
+        // and `with_access` contracts exclude device access to this range.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.buf.ptr.add(offset), len) })
+    }
     /// First byte's address.
     pub fn addr(&self) -> u64 {
         self.buf.ptr as u64

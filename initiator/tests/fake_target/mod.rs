@@ -301,6 +301,12 @@ struct Shared {
     stop: AtomicBool,
     held: AtomicUsize,
     releases: AtomicUsize,
+    /// What MODE SENSE of the Caching page reports: DPOFUA (bit 0), WCE (bit 1).
+    caching: AtomicUsize,
+    /// SYNCHRONIZE CACHE commands received.
+    syncs: AtomicUsize,
+    /// WRITEs received with the FUA bit.
+    fua_writes: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -326,6 +332,9 @@ impl FakeTarget {
             stop: AtomicBool::new(false),
             held: AtomicUsize::new(0),
             releases: AtomicUsize::new(0),
+            caching: AtomicUsize::new(3),
+            syncs: AtomicUsize::new(0),
+            fua_writes: AtomicUsize::new(0),
         });
         let (tx, rx) = std::sync::mpsc::channel();
         let s2 = Arc::clone(&sh);
@@ -367,6 +376,22 @@ impl FakeTarget {
             thread: Some(thread),
             port,
         }
+    }
+
+    /// What MODE SENSE(10) of the Caching page answers from now on.
+    pub fn set_caching(&self, write_cache: bool, dpofua: bool) {
+        self.sh.caching.store(
+            usize::from(dpofua) | usize::from(write_cache) << 1,
+            Ordering::SeqCst,
+        );
+    }
+
+    /// (SYNCHRONIZE CACHE commands, WRITEs with FUA) received so far.
+    pub fn durability_cmds(&self) -> (usize, usize) {
+        (
+            self.sh.syncs.load(Ordering::SeqCst),
+            self.sh.fua_writes.load(Ordering::SeqCst),
+        )
     }
 
     /// How to answer the next login (unscripted: a good login).
@@ -470,7 +495,7 @@ impl Drop for FakeTarget {
 }
 
 fn is_discovery(op: u8) -> bool {
-    matches!(op, 0x00 | 0x12 | 0x9e)
+    matches!(op, 0x00 | 0x12 | 0x5a | 0x9e)
 }
 
 // ---------------------------------------------------------------------------
@@ -878,6 +903,15 @@ impl Conn {
                     tag: c.tag,
                     cdb: cdb.clone(),
                 });
+                match cdb.first() {
+                    Some(0x91) => {
+                        sh.syncs.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Some(0x8a) if cdb.get(1).is_some_and(|b| b & 0x08 != 0) => {
+                        sh.fua_writes.fetch_add(1, Ordering::SeqCst);
+                    }
+                    _ => {}
+                }
                 let steps = if is_discovery(cdb[0]) {
                     vec![Step::Discover]
                 } else {
@@ -1195,7 +1229,7 @@ impl Conn {
         };
         let tag = x.tag;
         let want: u64 = x.data_in.iter().map(|d| u64::from(d.len)).sum();
-        match discovery_data(&x.cdb) {
+        match discovery_data(&x.cdb, sh.caching.load(Ordering::SeqCst)) {
             Ok(data) => {
                 let moved = if data.is_empty() {
                     0
@@ -1283,7 +1317,7 @@ fn next_tag(rt: &mut u64) -> u64 {
 
 /// The data a discovery command returns, or (sense key, ASC) of the
 /// CHECK CONDITION it gets.
-fn discovery_data(cdb: &[u8]) -> Result<Vec<u8>, (u8, u8)> {
+fn discovery_data(cdb: &[u8], caching: usize) -> Result<Vec<u8>, (u8, u8)> {
     let be16 = |o: usize| u16::from_be_bytes([cdb[o], cdb[o + 1]]) as usize;
     let be32 = |o: usize| u32::from_be_bytes([cdb[o], cdb[o + 1], cdb[o + 2], cdb[o + 3]]) as usize;
     let (mut data, alloc) = match cdb[0] {
@@ -1323,6 +1357,15 @@ fn discovery_data(cdb: &[u8]) -> Result<Vec<u8>, (u8, u8)> {
             d.extend_from_slice(&(payload.len() as u16).to_be_bytes());
             d.extend_from_slice(&payload);
             (d, be16(3))
+        }
+        // MODE SENSE(10), Caching page: write cache on, DPOFUA.
+        0x5a if cdb[2] & 0x3f == 0x08 => {
+            let dpofua = if caching & 1 != 0 { 0x10 } else { 0 };
+            let wce = if caching & 2 != 0 { 0x04 } else { 0 };
+            let d = vec![
+                0, 26, 0, dpofua, 0, 0, 0, 0, 0x08, 18, wce, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ];
+            (d, be16(7))
         }
         0x9e if cdb[1] & 0x1f == 0x10 => {
             let mut d = vec![0u8; 32];

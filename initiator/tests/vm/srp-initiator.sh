@@ -13,8 +13,8 @@
 # vhost's size_max; attached with max_sect 8192, so one SRP_CMD with an
 # indirect table of four descriptors, all inline), and 4 MiB in 64 KiB
 # segments placed apart (64 descriptors per SRP_CMD, inline in an 8260-byte
-# IU; with immediate data off (b_ext_*) the IU holds 12 and strata's
-# target fetches the rest of the table with RDMA READ).
+# IU; with immediate data off and allow_ext_sg (b_ext_*) the IU holds 12
+# and strata's target fetches the rest of the table with RDMA READ).
 #
 #   tool_*   the verify tool over a malloc bdev on the same vhost path (a
 #            baseline: if this fails, the initiator is not to blame)
@@ -386,7 +386,7 @@ if [ -n "$SB" ] && want b; then
     # 64 KiB-segment commands (16 descriptors) make the target fetch the
     # rest of the table with RDMA READ. A second initiator port
     # (initiator_ext 2), so st0's session is not terminated (SINGLE).
-    out=$(irpc bdev_srp_attach "{\"name\": \"st2\", \"dest\": \"$IP:$TGT_PORT\", \"id_ext\": \"0x$TGT_ID\", \"ioc_guid\": \"0x$TGT_ID\", \"initiator_ext\": \"0x2\", \"provider\": \"verbs\", \"max_sect\": 8192, \"immediate_data\": false}" 2>&1); rc=$?
+    out=$(irpc bdev_srp_attach "{\"name\": \"st2\", \"dest\": \"$IP:$TGT_PORT\", \"id_ext\": \"0x$TGT_ID\", \"ioc_guid\": \"0x$TGT_ID\", \"initiator_ext\": \"0x2\", \"provider\": \"verbs\", \"max_sect\": 8192, \"immediate_data\": false, \"allow_ext_sg\": true}" 2>&1); rc=$?
     result b_ext_attach $rc "$out"
     if [ $rc -eq 0 ] && vhost_up vx /tmp/vx.sock st2; then
         verify b_ext_verify_4m_sg /tmp/vx.sock --bs 4m --seg-size 64k --qd 2 --size 16m --seed 250; result b_ext_verify_4m_sg $?
