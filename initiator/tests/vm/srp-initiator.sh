@@ -324,6 +324,12 @@ if want a; then
                 bs=$(jq -r '.[0].block_size' "$RES/a_bdev.json" 2>/dev/null)
                 [ "$bs" -gt 0 ] 2>/dev/null || bs=512
                 bdev_io_verify irpc "$B" "$LAST_SEED" $(((16 << 20) / bs)); result a_bdev_io_verify $?
+                # FUA and flush as the LU's Caching page allows (LIO rejects
+                # the FUA bit on an LU without a write cache)
+                out=$(irpc bdev_io "{\"name\": \"$B\", \"op\": \"write\", \"offset_blocks\": 0, \"num_blocks\": 8, \"seed\": 5, \"fua\": true}" 2>&1)
+                out2=$(irpc bdev_io "{\"name\": \"$B\", \"op\": \"flush\"}" 2>&1)
+                [ "$(echo "$out" | jq -r .status 2>/dev/null)" = success ] && [ "$(echo "$out2" | jq -r .status 2>/dev/null)" = success ]
+                result a_fua_flush $? "fua write: $(echo "$out" | tr -d '\n '), flush: $(echo "$out2" | tr -d '\n '), caching: $(jq -c '.[0].driver_specific.lu | {write_cache, dpofua}' "$RES/a_bdev.json" 2>/dev/null)"
                 vhost_down va
             else
                 result a_vhost 1 "vhost_blk_create on $B failed"
