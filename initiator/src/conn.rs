@@ -656,7 +656,14 @@ impl Conn {
             return;
         };
         let len = d.data_len();
-        if let Err(e) = self.internal_command(cdb, len) {
+        // A unit attention or NOT READY (an ALUA transition, a LU coming
+        // up) is asked again after a pause, not 16 times at once.
+        let delay = if d.retrying() {
+            Duration::from_millis(100)
+        } else {
+            Duration::ZERO
+        };
+        if let Err(e) = self.internal_command(cdb, len, delay) {
             self.discovery = None;
             self.sh
                 .to_coord(Event::Discovered(Err(format!("discovery: {e}"))));

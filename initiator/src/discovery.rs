@@ -131,6 +131,12 @@ impl Discovery {
         })
     }
 
+    /// Whether the current command is a retry (unit attention, busy, not
+    /// ready): it is sent after a pause.
+    pub fn retrying(&self) -> bool {
+        self.retries > 0
+    }
+
     /// Bytes the current command reads.
     pub fn data_len(&self) -> u32 {
         match self.step {

@@ -904,7 +904,12 @@ impl Conn {
     }
 
     /// Queues an internal command (discovery) with `len` bytes of data-in.
-    pub(crate) fn internal_command(&mut self, cdb: Cdb, len: u32) -> Result<(), String> {
+    pub(crate) fn internal_command(
+        &mut self,
+        cdb: Cdb,
+        len: u32,
+        delay: Duration,
+    ) -> Result<(), String> {
         let ci = self.engine.free_cmds.pop().ok_or("no free command slot")? as usize;
         let c = &mut self.engine.cmds[ci];
         c.state = CmdState::Queued;
@@ -915,7 +920,7 @@ impl Conn {
         c.retries = 0;
         c.losses = 0;
         c.first_sent = None;
-        c.not_before = self.now;
+        c.not_before = Instant::now() + delay;
         self.engine.resendq.push_back(ci as u16);
         self.pump();
         Ok(())

@@ -319,6 +319,8 @@ pub(crate) enum Event {
     LinkDown { ch: usize, why: String },
     /// Discovery on channel 0 finished.
     Discovered(Result<Geometry, String>),
+    /// Channel `ch` reset the LU (LUN RESET succeeded).
+    LunReset { ch: usize },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -392,6 +394,11 @@ pub(crate) fn on_event(s: &Arc<Shared>, ev: Event) {
         } => connected(s, ch, attempt, result),
         Event::LinkDown { ch, why } => link_down(s, ch, why),
         Event::Discovered(r) => discovered(s, r),
+        Event::LunReset { ch } => {
+            for k in (0..s.active.load(Ordering::Relaxed)).filter(|&k| k != ch) {
+                s.to_chan(k, |cn| cn.lun_reset_elsewhere());
+            }
+        }
     }
 }
 

@@ -180,6 +180,12 @@ impl Conn {
                         }
                     }
                     self.finish_resets(IoStatus::Success);
+                    // The reset covered the whole LU, every nexus (ib_srpt
+                    // has one per channel): the other channels resend too.
+                    if self.sh.active.load(Ordering::Relaxed) > 1 {
+                        self.sh
+                            .to_coord(crate::session::Event::LunReset { ch: self.ch });
+                    }
                 } else {
                     self.finish_resets(IoStatus::PathError);
                     self.lose("LUN RESET failed");
@@ -187,6 +193,18 @@ impl Conn {
             }
             _ => self.unknown_tag(tag, "task management response"),
         }
+    }
+
+    /// Another channel of the session reset the LU: what this channel had
+    /// outstanding was dropped by the target (without TAS no answer comes):
+    /// send it again, as srp_reset_device finishes every channel's requests.
+    pub(crate) fn lun_reset_elsewhere(&mut self) {
+        for ci in 0..self.engine.cmds.len() {
+            if self.engine.cmds[ci].state == CmdState::Sent {
+                self.retry_cmd(ci, false);
+            }
+        }
+        self.pump();
     }
 
     pub(crate) fn finish_resets(&mut self, st: IoStatus) {

@@ -454,3 +454,39 @@ fn bounced_requests_beyond_the_slots_survive_a_reconnect() {
         assert_eq!(target_verify(&tgt, (i * 16) as u64, 16, 21), 0, "write {i}");
     }
 }
+
+/// A LUN RESET on one channel drops what the other channels had
+/// outstanding at the target (strata's target, like LIO, aborts the LU's
+/// tasks of every nexus without an answer): they resend it at once
+/// instead of waiting for their command time-out.
+#[test]
+fn a_lun_reset_on_one_channel_resends_the_others_outstanding_commands() {
+    init_tracing();
+    let port = port();
+    let base = malloc("m0", 8);
+    let slow: Arc<dyn Bdev> = Arc::new(bdev::delay::create("tgt0", base, 0, 400_000).unwrap());
+    let tgt = TargetSide::with_bdev(port, slow);
+    let ini = reactors(2);
+    // cmd_timeout 30 s: a command left waiting would take that long.
+    let b = attach(port, serde_json::json!({}), &ini);
+    assert_eq!(session(&b)["ch_count"], 2);
+    let t0 = Instant::now();
+    let (w, reset) = std::thread::scope(|s| {
+        let h = s.spawn(|| write(&ini, 1, &b, 64, 16, 31, 2, true));
+        // The write is at the target (in the slow bdev) when the reset goes.
+        assert!(wait_until(Duration::from_secs(5), || session(&b)
+            ["channels"][1]["inflight"]
+            == 1));
+        let reset = io(&ini, 0, &b, Op::NoData(IoType::Reset, 0, 0)).0;
+        (h.join().unwrap(), reset)
+    });
+    assert_eq!((w, reset), (IoStatus::Success, IoStatus::Success));
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(stat(&b, "timeouts"), 0);
+    assert!(stat(&b, "retries") >= 1);
+    assert_eq!(target_verify(&tgt, 64, 16, 31), 0);
+}
