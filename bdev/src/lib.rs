@@ -49,6 +49,7 @@ use std::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+pub mod cache;
 pub mod delay;
 pub mod error;
 pub mod file;
