@@ -87,42 +87,15 @@ log() { echo "[$(date +%T)] $*"; }
 
 # LIO up/down: their own processes, so that a configfs write that hangs is
 # bounded by `timeout` too (as bench/scripts/srp-vs-lio-inner.sh).
+# shellcheck source=../../ci/vm/lio.sh
+. "$ROOT/ci/vm/lio.sh"
 if [ "${1:-}" = __lio_up ]; then
-    set -e
-    mkdir -p "$LIO_BS"
-    if [ "$BACKEND" = loop ]; then
-        echo "udev_path=$LOOPDEV" > "$LIO_BS/control"
-    else
-        echo "fd_dev_name=$BACKING,fd_dev_size=$((SIZE_MB << 20))" > "$LIO_BS/control"
-    fi
-    echo "lio0-ini-vs-ib_srp" > "$LIO_BS/wwn/vpd_unit_serial"
-    echo 1 > "$LIO_BS/enable"
-    [ -d "$CFS/srpt" ] || mkdir "$CFS/srpt"
-    echo "$LIO_PORT" > "$CFS/srpt/discovery_auth/rdma_cm_port"
-    T=$CFS/srpt/$LIO_WWN/$LIO_TPG
-    mkdir -p "$T"
-    mkdir "$T/lun/lun_0"
-    ln -s "$LIO_BS" "$T/lun/lun_0/lio0"
-    mkdir -p "$T/acls/$LIO_ACL/lun_0"
-    ln -s "$T/lun/lun_0" "$T/acls/$LIO_ACL/lun_0/lun_0"
-    echo 1 > "$T/enable"
+    LIO_CONTROL="$( [ "$BACKEND" = loop ] && echo "udev_path=$LOOPDEV" || echo "fd_dev_name=$BACKING,fd_dev_size=$((SIZE_MB << 20))")" LIO_SERIAL=lio0-ini-vs-ib_srp lio_up
     exit 0
 fi
 if [ "${1:-}" = __lio_down ]; then
-    T=$CFS/srpt/$LIO_WWN/$LIO_TPG
-    rc=0
-    if [ -d "$T" ]; then
-        [ -e "$T/enable" ] && { echo 0 > "$T/enable" || rc=1; }
-        rm -f "$T/acls/$LIO_ACL/lun_0/lun_0"
-        rmdir "$T/acls/$LIO_ACL/lun_0" "$T/acls/$LIO_ACL" 2>/dev/null || rc=1
-        rm -f "$T/lun/lun_0/lio0"
-        rmdir "$T/lun/lun_0" || rc=1
-        rmdir "$T" || rc=1
-    fi
-    [ -d "$CFS/srpt/$LIO_WWN" ] && { rmdir "$CFS/srpt/$LIO_WWN" || rc=1; }
-    [ -d "$LIO_BS" ] && { rmdir "$LIO_BS" || rc=1; }
-    [ -d "$CFS/core/$LIO_HBA" ] && { rmdir "$CFS/core/$LIO_HBA" || rc=1; }
-    exit $rc
+    lio_down
+    exit $?
 fi
 
 mkdir -p "$RES" /tmp/work

@@ -58,7 +58,8 @@ GID0=$(cat /sys/class/infiniband/rxe0/ports/1/gids/0 2>/dev/null)
 LIO_WWN=${GID0#fe80:0000:0000:0000:}
 LIO_TPG=$LIO_WWN
 LIO_ACL=$IP
-LIO_BS=$CFS/core/fileio_0/lio0
+LIO_HBA=fileio_0
+LIO_BS=$CFS/core/$LIO_HBA/lio0
 IDLE_US=${IDLE_US:-200}
 
 # ------------------------------------------------------------------ LIO
@@ -68,38 +69,15 @@ IDLE_US=${IDLE_US:-200}
 # backstore, target port named after the port GID's interface id (the GUID
 # form, whose ACLs rdma_cm logins match by initiator IP address), LUN 0,
 # ACL for 10.0.2.15 mapping LUN 0.
+# shellcheck source=../../ci/vm/lio.sh
+. "$ROOT/ci/vm/lio.sh"
 if [ "${1:-}" = __lio_up ]; then
-    set -e
-    mkdir -p "$LIO_BS"
-    echo "fd_dev_name=$LIO_IMG,fd_dev_size=$((LIO_MB << 20))" > "$LIO_BS/control"
-    echo "lio0-srp-initiator" > "$LIO_BS/wwn/vpd_unit_serial"
-    echo 1 > "$LIO_BS/enable"
-    [ -d "$CFS/srpt" ] || mkdir "$CFS/srpt"
-    echo "$LIO_PORT" > "$CFS/srpt/discovery_auth/rdma_cm_port"
-    T=$CFS/srpt/$LIO_WWN/$LIO_TPG
-    mkdir -p "$T"
-    mkdir "$T/lun/lun_0"
-    ln -s "$LIO_BS" "$T/lun/lun_0/lio0"
-    mkdir -p "$T/acls/$LIO_ACL/lun_0"
-    ln -s "$T/lun/lun_0" "$T/acls/$LIO_ACL/lun_0/lun_0"
-    echo 1 > "$T/enable"
+    LIO_CONTROL="fd_dev_name=$LIO_IMG,fd_dev_size=$((LIO_MB << 20))" LIO_SERIAL=lio0-srp-initiator lio_up
     exit 0
 fi
 if [ "${1:-}" = __lio_down ]; then
-    T=$CFS/srpt/$LIO_WWN/$LIO_TPG
-    rc=0
-    if [ -d "$T" ]; then
-        [ -e "$T/enable" ] && { echo 0 > "$T/enable" || rc=1; }
-        rm -f "$T/acls/$LIO_ACL/lun_0/lun_0"
-        rmdir "$T/acls/$LIO_ACL/lun_0" "$T/acls/$LIO_ACL" 2>/dev/null || rc=1
-        rm -f "$T/lun/lun_0/lio0"
-        rmdir "$T/lun/lun_0" || rc=1
-        rmdir "$T" || rc=1
-    fi
-    [ -d "$CFS/srpt/$LIO_WWN" ] && { rmdir "$CFS/srpt/$LIO_WWN" || rc=1; }
-    [ -d "$LIO_BS" ] && { rmdir "$LIO_BS" || rc=1; }
-    [ -d "$CFS/core/fileio_0" ] && { rmdir "$CFS/core/fileio_0" || rc=1; }
-    exit $rc
+    lio_down
+    exit $?
 fi
 
 # ------------------------------------------------------------------ helpers
