@@ -57,13 +57,17 @@
 //!   *stale*: it takes writes but is not read until the dirty regions of
 //!   the bitmap (which covers its absence, since bits are not cleared
 //!   while degraded) have been copied to it; one listed as being rebuilt
-//!   is rebuilt again from the start. Roles with no member are `missing`.
+//!   resumes at its checkpoint (`recovery_offset`, persisted every second
+//!   and at shutdown; after a crash the dirty regions before it are copied
+//!   again). Roles with no member are `missing`.
 //!   At least one in-sync member must be present.
 //! * If any in-sync member's superblock lacks the clean flag (the array
 //!   was not shut down cleanly), the bitmaps of the in-sync members are
 //!   merged and only those dirty regions are copied from the primary
 //!   (the in-sync member with the highest event count) to the others;
-//!   until then reads of those regions go to the primary.
+//!   until then reads of those regions go to the primary. The resync
+//!   position is persisted (`FLAG_RESYNC`, `resync_offset`): a clean
+//!   shutdown in the middle of it resumes it at the next assembly.
 //!   [`Raid1Bdev::status`] counts the regions copied (`resynced_regions`).
 //! * Some members have superblocks and some not, or superblocks of
 //!   different arrays: an error (add a blank member with
@@ -598,6 +602,13 @@ fn assemble(
         let r = &sh.roles[role];
         r.state.store(st, Release);
         r.slot_gen.store(1, Release);
+        // A rebuild or resync that was under way resumes at its
+        // checkpoint (regions before it were copied and have taken every
+        // write since; after a crash the dirty ones are copied again).
+        if st == e.state && st != ROLE_IN_SYNC {
+            r.recovery_offset
+                .store(e.recovery_offset.min(sh.regions), Release);
+        }
         if params.write_mostly.contains(&name_of(i)) {
             r.write_mostly.store(true, Relaxed);
         }
@@ -617,12 +628,17 @@ fn assemble(
     }
     // Merge the bitmaps of the in-sync members.
     let mut unclean = false;
+    let mut resync_from: Option<u64> = None;
     let mut primary = in_sync[0];
     let mut best = 0;
     for &m in &in_sync {
         let Some(i) = present[m] else { continue };
         let s = sbs[i];
         unclean |= s.flags & sb::FLAG_CLEAN == 0;
+        if s.flags & sb::FLAG_RESYNC != 0 {
+            let at = s.resync_offset.min(sh.regions);
+            resync_from = Some(resync_from.map_or(at, |r| r.min(at)));
+        }
         if s.events > best {
             best = s.events;
             primary = m;
@@ -640,8 +656,25 @@ fn assemble(
     }
     sh.primary.store(primary, Release);
     if unclean && in_sync.len() > 1 {
+        // Whatever resync was under way starts again: regions it had done
+        // may have been left inconsistent by the crash.
         sh.resync_active.store(true, Release);
+        sh.resync_cursor.store(0, Release);
         tracing::warn!(raid1 = %params.name, dirty_regions = sh.dirty_count(), "unclean shutdown: resyncing dirty regions");
+    } else if let (Some(at), true) = (resync_from, in_sync.len() > 1) {
+        // Shut down cleanly in the middle of a resync: resume it.
+        sh.resync_active.store(true, Release);
+        sh.resync_cursor.store(at, Release);
+        tracing::warn!(raid1 = %params.name, dirty_regions = sh.dirty_count(), resync_offset = at,
+            "resync interrupted by a shutdown: resuming");
+    }
+    if unclean {
+        // Stale members resync every dirty region again.
+        for m in 0..nroles {
+            if sh.state(m) == ROLE_RECOVER_BITMAP {
+                sh.roles[m].recovery_offset.store(0, Release);
+            }
+        }
     }
     sh.events.store(fresh.events, Release);
     sh.state_changed();
@@ -760,6 +793,7 @@ impl Raid1Bdev {
             }
         };
         sh.roles[m].write_mostly.store(false, Relaxed);
+        sh.roles[m].recovery_offset.store(0, Release);
         sh.members()[m] = Some(Arc::clone(&bdev));
         sh.roles[m].slot_gen.fetch_add(1, AcqRel);
         if m >= sh.nroles() {
@@ -883,6 +917,8 @@ impl Raid1Bdev {
                     "state": state_name(sh.state(m)),
                     "write_mostly": sh.roles[m].write_mostly.load(Relaxed),
                     "device_uuid": format_uuid(&sh.roles[m].uuid()),
+                    "recovery_offset": matches!(sh.state(m), ROLE_RECOVER_FULL | ROLE_RECOVER_BITMAP)
+                        .then(|| sh.roles[m].recovery_offset.load(Relaxed)),
                 })
             })
             .collect();
@@ -920,6 +956,7 @@ impl Raid1Bdev {
                 "error": sh.rebuild_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             },
             "resync_active": sh.resync_active.load(Relaxed),
+            "resync_offset": sh.resync_active.load(Relaxed).then(|| sh.resync_cursor.load(Relaxed)),
             "resynced_regions": sh.resynced_regions.load(Relaxed),
             "rebuilt_regions": sh.rebuilt_regions.load(Relaxed),
             "read_repairs": sh.read_repairs.load(Relaxed),

@@ -55,9 +55,37 @@ struct Job {
     /// Device generation of each role when the job started: a role whose
     /// device changed since (removed, another added) leaves the job.
     gens: [u64; MAX_MEMBERS],
+    /// Where each recovering member's copy resumes (its checkpoint), and
+    /// the array resync's.
+    start: [u64; MAX_MEMBERS],
+    resync_start: u64,
+    /// When the checkpoints were last asked to be persisted.
+    last_checkpoint: Instant,
 }
 
+/// How often a running job's checkpoints are written to the superblocks.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
 impl Job {
+    /// Regions before `next` are done: moves the cursor and the members'
+    /// checkpoints, and now and then asks for them to be persisted (the
+    /// superblock write flushes the copies first).
+    fn advance(&mut self, sh: &Shared, next: u64) {
+        self.cursor = next;
+        for m in 0..MAX_MEMBERS {
+            if (self.full | self.bm) & (1 << m) != 0 {
+                sh.roles[m].recovery_offset.fetch_max(next, AcqRel);
+            }
+        }
+        if self.resync != 0 {
+            sh.resync_cursor.store(next, Release);
+        }
+        if self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            self.last_checkpoint = Instant::now();
+            sh.request_sb();
+        }
+    }
+
     fn drop_changed(&mut self, sh: &Shared) {
         for m in 0..MAX_MEMBERS {
             if sh.roles[m].slot_gen.load(Acquire) != self.gens[m] {
@@ -227,20 +255,50 @@ impl RebuildTask {
             self.idle_events = Some(events);
             return false;
         }
+        let start: [u64; MAX_MEMBERS] = std::array::from_fn(|m| {
+            if (full | bm) & (1 << m) != 0 {
+                sh.roles[m].recovery_offset.load(Acquire).min(sh.regions)
+            } else {
+                0
+            }
+        });
+        let resync_start = if resync != 0 {
+            sh.resync_cursor.load(Acquire).min(sh.regions)
+        } else {
+            0
+        };
+        // A full rebuild walks every region (below a member's checkpoint
+        // the dirty ones are copied again); a dirty-only job starts at the
+        // lowest checkpoint.
+        let cursor = if full != 0 {
+            0
+        } else {
+            let mut c = if resync != 0 {
+                resync_start
+            } else {
+                sh.regions
+            };
+            for (m, &s) in start.iter().enumerate() {
+                if bm & (1 << m) != 0 {
+                    c = c.min(s);
+                }
+            }
+            c
+        };
         let total = if full != 0 {
             sh.regions
         } else {
-            sh.dirty_count()
+            (cursor..sh.regions).filter(|&r| sh.dirty(r)).count() as u64
         };
         sh.job_total.store(total, Relaxed);
         sh.job_done.store(0, Relaxed);
         sh.job_active.store(true, Release);
-        tracing::info!(raid1 = %sh.name, full, bitmap = bm, resync, regions = total, "rebuild started");
+        tracing::info!(raid1 = %sh.name, full, bitmap = bm, resync, regions = total, from = cursor, "rebuild started");
         self.job = Some(Job {
             full,
             bm,
             resync,
-            cursor: 0,
+            cursor,
             started: Instant::now(),
             bytes: 0,
             step: Step::Find,
@@ -254,6 +312,9 @@ impl RebuildTask {
             to_issue: 0,
             pending: 0,
             gens: std::array::from_fn(|m| sh.roles[m].slot_gen.load(Acquire)),
+            start,
+            resync_start,
+            last_checkpoint: Instant::now(),
         });
         true
     }
@@ -331,14 +392,24 @@ impl RebuildTask {
                         return work;
                     }
                     job.drop_changed(&sh);
-                    let mut t = job.full;
-                    if sh.dirty(r) {
-                        t |= job.bm | job.resync;
+                    let dirty = sh.dirty(r);
+                    let mut t = 0;
+                    for m in 0..MAX_MEMBERS {
+                        let bit = 1u8 << m;
+                        let past = r >= job.start[m];
+                        if (job.full & bit != 0 && (past || dirty))
+                            || (job.bm & bit != 0 && past && dirty)
+                        {
+                            t |= bit;
+                        }
+                    }
+                    if dirty && r >= job.resync_start {
+                        t |= job.resync;
                     }
                     t &= port.live_targets();
                     if t == 0 {
                         sh.release_excl(r);
-                        job.cursor = r + 1;
+                        job.advance(&sh, r + 1);
                         job.step = Step::Find;
                         continue;
                     }
@@ -475,10 +546,7 @@ impl RebuildTask {
             sh.resynced_regions.fetch_add(1, Relaxed);
         }
         sh.job_done.fetch_add(1, Relaxed);
-        job.cursor = r + 1;
-        if job.resync != 0 {
-            sh.resync_cursor.store(job.cursor, Release);
-        }
+        job.advance(&sh, r + 1);
         job.step = Step::Find;
     }
 

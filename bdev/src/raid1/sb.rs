@@ -23,6 +23,10 @@ pub const SB_BYTES: usize = 4096;
 pub const DATA_ALIGN: u64 = 1 << 20;
 /// Superblock flag: the array was shut down cleanly.
 pub const FLAG_CLEAN: u32 = 1;
+/// Superblock flag: a resync of the dirty regions was under way; it resumes
+/// at [`Superblock::resync_offset`] (md's `resync_offset`). With
+/// [`FLAG_CLEAN`] the regions before it are known to be in sync.
+pub const FLAG_RESYNC: u32 = 2;
 
 /// Role states as stored in the role table.
 pub const ROLE_EMPTY: u8 = 0;
@@ -48,6 +52,9 @@ pub struct RoleEntry {
     pub state: u8,
     /// Reads avoid this member.
     pub write_mostly: bool,
+    /// For a member being rebuilt or resynced: the regions before this one
+    /// have been copied to it (md's `recovery_offset`).
+    pub recovery_offset: u64,
 }
 
 /// A decoded superblock.
@@ -79,6 +86,8 @@ pub struct Superblock {
     pub regions: u64,
     /// This device's UUID.
     pub dev_uuid: [u8; 16],
+    /// With [`FLAG_RESYNC`]: the first region the resync has not done.
+    pub resync_offset: u64,
     /// The role table.
     pub roles: [RoleEntry; MAX_MEMBERS],
 }
@@ -147,11 +156,13 @@ impl Superblock {
         put_u64(b, 144, self.chunk_bytes);
         put_u64(b, 152, self.regions);
         b[160..176].copy_from_slice(&self.dev_uuid);
+        put_u64(b, 176, self.resync_offset);
         for (i, r) in self.roles.iter().enumerate() {
             let o = OFF_ROLES + i * ROLE_ENTRY;
             b[o..o + 16].copy_from_slice(&r.dev_uuid);
             put_u32(b, o + 16, r.state as u32);
             put_u32(b, o + 20, r.write_mostly as u32);
+            put_u64(b, o + 24, r.recovery_offset);
         }
         let crc = crc32c(&b[..OFF_CRC]);
         put_u32(b, OFF_CRC, crc);
@@ -180,6 +191,7 @@ impl Superblock {
             r.dev_uuid.copy_from_slice(&b[o..o + 16]);
             r.state = get_u32(b, o + 16) as u8;
             r.write_mostly = get_u32(b, o + 20) != 0;
+            r.recovery_offset = get_u64(b, o + 24);
         }
         let mut uuid = [0u8; 16];
         uuid.copy_from_slice(&b[16..32]);
@@ -199,6 +211,7 @@ impl Superblock {
             chunk_bytes: get_u64(b, 144),
             regions: get_u64(b, 152),
             dev_uuid,
+            resync_offset: get_u64(b, 176),
             roles,
         };
         if sb.num_roles == 0 || sb.num_roles as usize > MAX_MEMBERS || sb.role >= sb.num_roles {
@@ -276,17 +289,19 @@ mod tests {
             dev_uuid: [1; 16],
             state: ROLE_IN_SYNC,
             write_mostly: false,
+            recovery_offset: 0,
         };
         roles[1] = RoleEntry {
             dev_uuid: [2; 16],
-            state: ROLE_FAULTY,
+            state: ROLE_RECOVER_FULL,
             write_mostly: true,
+            recovery_offset: 33,
         };
         let sb = Superblock {
             uuid: [9; 16],
             name: "r0".into(),
             events: 77,
-            flags: FLAG_CLEAN,
+            flags: FLAG_CLEAN | FLAG_RESYNC,
             role: 1,
             num_roles: 2,
             block_size: 512,
@@ -296,6 +311,7 @@ mod tests {
             chunk_bytes: 65536,
             regions: 79,
             dev_uuid: [2; 16],
+            resync_offset: 12,
             roles,
         };
         let mut buf = vec![0u8; SB_BYTES];

@@ -33,6 +33,9 @@ pub(crate) struct Role {
     pub write_mostly: AtomicBool,
     /// Bumped whenever the device attached to this role changes.
     pub slot_gen: AtomicU64,
+    /// Rebuild / resync checkpoint of a recovering member: regions before
+    /// this one have been copied to it (persisted, md's `recovery_offset`).
+    pub recovery_offset: AtomicU64,
 }
 
 impl Role {
@@ -42,6 +45,7 @@ impl Role {
             dev_uuid: [AtomicU64::new(0), AtomicU64::new(0)],
             write_mostly: AtomicBool::new(false),
             slot_gen: AtomicU64::new(0),
+            recovery_offset: AtomicU64::new(0),
         }
     }
     pub fn uuid(&self) -> [u8; 16] {
@@ -109,7 +113,8 @@ pub(crate) struct Shared {
     /// once it is on disk (md's "superblock change pending").
     pub fail_gen: AtomicU64,
     /// Unclean-shutdown resync in progress: reads at or past the cursor go
-    /// to `primary` only.
+    /// to `primary` only. Persisted (`FLAG_RESYNC`, `resync_offset`) so
+    /// that a clean shutdown does not end it.
     pub resync_active: AtomicBool,
     pub resync_cursor: AtomicU64,
     pub primary: AtomicUsize,
@@ -213,6 +218,11 @@ impl Shared {
     /// superblock write. Returns the generation to wait for.
     pub fn state_changed(&self) -> u64 {
         self.events.fetch_add(1, AcqRel);
+        self.sb_gen.fetch_add(1, AcqRel) + 1
+    }
+
+    /// Asks for a superblock write without a state change (checkpoints).
+    pub fn request_sb(&self) -> u64 {
         self.sb_gen.fetch_add(1, AcqRel) + 1
     }
 
@@ -359,7 +369,11 @@ impl Shared {
             };
             e.dev_uuid = r.uuid();
             e.write_mostly = r.write_mostly.load(Relaxed);
+            if matches!(s, sb::ROLE_RECOVER_FULL | sb::ROLE_RECOVER_BITMAP) {
+                e.recovery_offset = r.recovery_offset.load(Acquire);
+            }
         }
+        let resync = self.resync_active.load(Acquire);
         Superblock {
             uuid: self.uuid,
             name: self.name.clone(),
@@ -368,7 +382,7 @@ impl Shared {
                 sb::FLAG_CLEAN
             } else {
                 0
-            },
+            } | if resync { sb::FLAG_RESYNC } else { 0 },
             role: m as u32,
             num_roles: n as u32,
             block_size: self.block_size,
@@ -378,6 +392,11 @@ impl Shared {
             chunk_bytes: self.layout.chunk_bytes,
             regions: self.regions,
             dev_uuid: self.roles[m].uuid(),
+            resync_offset: if resync {
+                self.resync_cursor.load(Acquire)
+            } else {
+                0
+            },
             roles,
         }
     }
