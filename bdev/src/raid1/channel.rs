@@ -67,7 +67,13 @@ struct Op {
     src: u8,
     err: IoStatus,
     sb_need: u64,
+    /// Member writes sent again after `Aborted`.
+    retries: u8,
 }
+
+/// Times a write aborted on a member is sent to it again before the
+/// member is failed.
+const MAX_RETRIES: u8 = 3;
 
 enum Next {
     Wait,
@@ -230,8 +236,19 @@ impl Raid1Channel {
             Phase::Issue | Phase::InFlight => {
                 if ok {
                     op.ok |= bit;
+                } else if d.current
+                    && d.status == IoStatus::Aborted
+                    && op.io_type != IoType::Reset
+                    && op.retries < MAX_RETRIES
+                {
+                    // Aborted before it reached the device (a reset, a
+                    // path that bounced): send it there again. No status
+                    // but success leaves a member without the write.
+                    op.retries += 1;
+                    op.to_issue |= bit;
+                    op.phase = Phase::Issue;
                 } else {
-                    if d.current && d.status != IoStatus::Aborted && op.io_type != IoType::Reset {
+                    if d.current && op.io_type != IoType::Reset {
                         shared.fail_io(d.member, "write failed");
                     }
                     op.bad |= bit;
@@ -243,6 +260,8 @@ impl Raid1Channel {
                 }
                 if op.pending == 0 && op.to_issue == 0 {
                     op.phase = Phase::Finish;
+                    step = true;
+                } else if op.phase == Phase::Issue && !op.waiting {
                     step = true;
                 }
             }
@@ -438,7 +457,10 @@ fn step_op(cx: Cx<'_>, s: u32, op: &mut Op) -> Next {
                 if op.io_type == IoType::Reset {
                     return Next::Done(IoStatus::Success);
                 }
-                if op.ok & op.insync == 0 {
+                // Acknowledged only if a member that is in sync now has
+                // it: a member that failed the write was failed (or, the
+                // last in sync, makes the write fail).
+                if op.ok & op.insync & sh.read_sources() == 0 {
                     return Next::Done(if op.err.is_ok() {
                         IoStatus::PathError
                     } else {
@@ -656,6 +678,7 @@ impl BdevChannel for Raid1Channel {
             src: 0,
             err: IoStatus::Success,
             sb_need: 0,
+            retries: 0,
         };
         let Ok(s) = self.ops.insert(op) else {
             return Err(QueueFull);

@@ -28,6 +28,10 @@ pub struct Ctl {
     pub bad_end: AtomicU64,
     /// After this many more writes, `fail_writes` turns on (<0: off).
     pub fail_writes_after: AtomicI64,
+    /// The next this many writes complete with `Aborted` (not sent).
+    pub abort_writes: AtomicU64,
+    /// Flushes that reached the base.
+    pub flushes: AtomicU64,
     /// Writes seen with FUA.
     pub fua_writes: AtomicU64,
     /// Reads that reached the base.
@@ -125,12 +129,22 @@ impl BdevChannel for FlakyCh {
                 c.fail_writes.load(SeqCst).then_some(IoStatus::MediumError)
             }
         };
+        let fail = fail.or_else(|| {
+            (req.io_type == IoType::Write
+                && c.abort_writes
+                    .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                    .is_ok())
+            .then_some(IoStatus::Aborted)
+        });
         if let Some(st) = fail {
             self.cq.push(tag, st);
             return Ok(());
         }
         if req.io_type == IoType::Read {
             c.reads.fetch_add(1, SeqCst);
+        }
+        if req.io_type == IoType::Flush {
+            c.flushes.fetch_add(1, SeqCst);
         }
         if req.io_type == IoType::Write {
             if req.fua {
