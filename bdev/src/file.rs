@@ -83,6 +83,9 @@ pub struct DioAlign {
 pub struct FileCounters {
     /// Requests copied through a bounce buffer for alignment.
     pub bounced: u64,
+    /// Of `bounced`: requests bounced only after O_DIRECT refused them
+    /// (`EINVAL`): the alignment in use was too small. Zero when it is right.
+    pub einval_bounces: u64,
     /// Short transfers resubmitted for the rest.
     pub short_resubmits: u64,
     /// `EAGAIN`/`EINTR` completions resubmitted.
@@ -96,6 +99,7 @@ pub struct FileCounters {
 #[derive(Default)]
 struct Shared {
     bounced: AtomicU64,
+    einval_bounces: AtomicU64,
     short_resubmits: AtomicU64,
     retries: AtomicU64,
     reaped_at_close: AtomicU64,
@@ -391,6 +395,7 @@ impl FileBdev {
         let s = &self.shared;
         FileCounters {
             bounced: g(&s.bounced),
+            einval_bounces: g(&s.einval_bounces),
             short_resubmits: g(&s.short_resubmits),
             retries: g(&s.retries),
             reaped_at_close: g(&s.reaped_at_close),
@@ -484,6 +489,7 @@ impl Bdev for FileBdev {
             "dio_offset_align": self.align.offset,
             "dio_align_reported": self.align.reported,
             "bounced": c.bounced,
+            "einval_bounces": c.einval_bounces,
             "short_resubmits": c.short_resubmits,
             "retries": c.retries,
             "reaped_at_close": c.reaped_at_close,
@@ -804,6 +810,7 @@ impl FileChannel {
                 // reported (or the one assumed): bounce them once.
                 tracing::warn!(bdev = %self.name, "O_DIRECT refused a request's buffers; bouncing");
                 self.attach_bounce(slot);
+                self.shared.einval_bounces.fetch_add(1, Ordering::Relaxed);
                 self.resubmit.push(slot);
                 return false;
             }

@@ -183,6 +183,8 @@ fn o_direct_alignment_is_the_kernels_and_odd_buffers_are_bounced() {
     // The write and the read through odd buffers were bounced; the aligned
     // read was not.
     assert_eq!(fb.counters().bounced, 2);
+    // Decided up front: the kernel never had to refuse them.
+    assert_eq!(fb.counters().einval_bounces, 0);
     assert_eq!(
         fb.driver_specific().unwrap()["file"]["bounced"],
         serde_json::json!(2)
@@ -304,6 +306,7 @@ fn transient_errors_are_retried_and_real_ones_fail() {
         assert_eq!(testing::read(&mut ch, 8, &mut r), IoStatus::Success);
         assert!(testing::check_pattern(r.as_slice(), 8, 4096, 21));
         assert_eq!(fb.counters().bounced, 1);
+        assert_eq!(fb.counters().einval_bounces, 1);
         // Refused twice: the request is wrong after all.
         fb.inject_errno(libc::EINVAL, 2);
         assert_eq!(testing::read(&mut ch, 8, &mut r), IoStatus::InvalidRequest);
