@@ -322,8 +322,10 @@ pub struct BdevInfo {
     pub uuid: [u8; 16],
     /// Supported operations.
     pub caps: Capabilities,
-    /// Required alignment of every iovec's address and length, in bytes
-    /// (1 = none; 512 or the block size for O_DIRECT files).
+    /// Alignment of every iovec's address and length, in bytes, that the
+    /// module needs to move the data without a copy (1 = none). `validate`
+    /// enforces it for modules that cannot copy; the file bdev accepts any
+    /// buffer and bounces the misaligned ones through aligned memory.
     pub buf_align: usize,
     /// Maximum iovecs in one request.
     pub max_segments: usize,
