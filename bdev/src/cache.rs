@@ -219,13 +219,19 @@ pub struct CacheBdev {
     base: Arc<dyn Bdev>,
 }
 
+/// Checks the `cache_blocks` parameter (before any base is looked up).
+pub fn check_cache_blocks(cache_blocks: u64) -> Result<(), BdevError> {
+    if cache_blocks == 0 {
+        return Err(BdevError::param("cache_blocks", "must be at least 1"));
+    }
+    Ok(())
+}
+
 /// Creates a cache bdev named `name` over `base` holding up to
 /// `cache_blocks` blocks (allocated as they are written).
 pub fn create(name: &str, base: Arc<dyn Bdev>, cache_blocks: u64) -> Result<CacheBdev, BdevError> {
     check_name(name)?;
-    if cache_blocks == 0 {
-        return Err(BdevError::param("cache_blocks", "must be at least 1"));
-    }
+    check_cache_blocks(cache_blocks)?;
     let binfo = base.info();
     let mut info = binfo.clone();
     info.name = name.to_string();

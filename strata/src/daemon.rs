@@ -190,6 +190,11 @@ pub const METHODS: &[(&str, Handler)] = &[
     ("bdev_error_create", bdev_error_create),
     ("bdev_error_inject", bdev_error_inject),
     ("bdev_delay_create", bdev_delay_create),
+    ("bdev_cache_create", crate::rpc::cache::bdev_cache_create),
+    (
+        "bdev_cache_power_cut",
+        crate::rpc::cache::bdev_cache_power_cut,
+    ),
     ("bdev_io", bdev_io),
     ("bdev_raid1_create", bdev_raid1_create),
     ("bdev_raid1_add_member", bdev_raid1_add_member),

@@ -27,6 +27,9 @@ use crate::daemon::Daemon;
 /// `bdev_srp_*`: the SRP initiator.
 pub mod srp_initiator;
 
+/// `bdev_cache_*`: the volatile write-cache fault model.
+pub mod cache;
+
 pub mod code {
     /// Invalid JSON.
     pub const PARSE_ERROR: i32 = -32700;
