@@ -205,3 +205,90 @@ fn raid1_write_aborted_on_one_member_is_retried_or_fails_it() {
     r.fail_member("ab_b").unwrap();
     let _ = Arc::clone(&b);
 }
+
+fn err_bdev(name: &str, base: Arc<dyn Bdev>) -> (Arc<dyn Bdev>, Arc<bdev::error::ErrorBdev>) {
+    let e = Arc::new(bdev::error::create(name, base).unwrap());
+    (e.clone(), e)
+}
+
+fn inject_writes(e: &bdev::error::ErrorBdev, range: Option<[u64; 2]>) {
+    e.inject(&bdev::error::InjectParams {
+        name: e.info().name.clone(),
+        io_type: Some(bdev::error::InjectIoType::Write),
+        every: None,
+        range,
+        status: Some(bdev::error::InjectStatus::Medium),
+        clear: false,
+    })
+    .unwrap();
+}
+
+fn clear_injection(e: &bdev::error::ErrorBdev) {
+    e.inject(&bdev::error::InjectParams {
+        name: e.info().name.clone(),
+        io_type: None,
+        every: None,
+        range: None,
+        status: None,
+        clear: true,
+    })
+    .unwrap();
+}
+
+/// Defect 3: a bitmap block that only a member being rebuilt took does not
+/// count as on disk (after a crash only in-sync members' bitmaps are
+/// read); the write waiting for it is not acknowledged. A superblock
+/// update that reached no in-sync member is an error, not a success.
+#[test]
+fn raid1_metadata_counts_only_on_an_in_sync_member() {
+    let (a, ea) = err_bdev("md_a", mem("md_ma", 8192, 512));
+    let b = mem("md_b", 8192, 512);
+    let c = mem("md_c", 8192, 512);
+    let r = make("md_r", 64, &[&a, &b]);
+    r.remove_member("md_b").unwrap();
+    r.add_member(c.clone()).unwrap();
+    assert_eq!(member_state(&r, "md_c"), "rebuilding");
+    // a (the only in-sync member) fails every write to its bitmap blocks
+    // (blocks 8..16 of 512-byte blocks; the superblock is 0..8).
+    inject_writes(&ea, Some([8, 8]));
+    let mut ch = open_channel(&as_dyn(&r)).unwrap();
+    let st = run_ios(
+        &mut ch,
+        &[Io {
+            io_type: bdev::IoType::Write,
+            lba: 5 * RB,
+            blocks: 8,
+            seed: 91,
+        }],
+        1,
+        &mut |_| {},
+    );
+    assert_ne!(
+        st[0],
+        IoStatus::Success,
+        "acknowledged with its bitmap bit on no in-sync member"
+    );
+    assert_eq!(member_state(&r, "md_a"), "in_sync");
+    // With the bitmap writable again the write goes through.
+    clear_injection(&ea);
+    let st = run_ios(
+        &mut ch,
+        &[Io {
+            io_type: bdev::IoType::Write,
+            lba: 5 * RB,
+            blocks: 8,
+            seed: 91,
+        }],
+        1,
+        &mut |_| {},
+    );
+    assert_eq!(st[0], IoStatus::Success);
+    // A superblock update only c takes is not a recorded state change.
+    inject_writes(&ea, Some([0, 8]));
+    let e = r.fail_member("md_c");
+    assert!(
+        e.is_err(),
+        "a superblock update that reached no in-sync member succeeded"
+    );
+    clear_injection(&ea);
+}

@@ -474,6 +474,11 @@ fn step_op(cx: Cx<'_>, s: u32, op: &mut Op) -> Next {
                 if sh.sb_done.load(Acquire) >= op.sb_need {
                     return Next::Done(IoStatus::Success);
                 }
+                if sh.sb_failed.load(Acquire) >= op.sb_need {
+                    // The member failure could not be recorded: the write
+                    // is not acknowledged.
+                    return Next::Done(IoStatus::MediumError);
+                }
                 port.persist_sb();
                 return Next::Wait;
             }

@@ -69,6 +69,7 @@ struct SbSlot {
     bufs: Vec<AlignedBuf>,
     to_issue: u8,
     pending: u8,
+    ok: u8,
 }
 
 pub(crate) struct Port {
@@ -110,6 +111,7 @@ impl Port {
                 bufs: (0..MAX_MEMBERS).map(|_| AlignedBuf::new(sb_len)).collect(),
                 to_issue: 0,
                 pending: 0,
+                ok: 0,
             },
             shared,
         };
@@ -298,6 +300,7 @@ impl Port {
         self.sbs.gen = g;
         self.sbs.to_issue = targets;
         self.sbs.pending = 0;
+        self.sbs.ok = 0;
         self.issue_sb();
     }
 
@@ -392,6 +395,12 @@ impl Port {
         let want = self.shared.sb_gen.load(Acquire);
         let end = Instant::now() + deadline;
         while self.shared.sb_done.load(Acquire) < want {
+            if self.shared.sb_failed.load(Acquire) >= want {
+                return Err(BdevError::Other(format!(
+                    "raid1 {}: the superblock update reached no in-sync member",
+                    self.shared.name
+                )));
+            }
             self.persist_sb();
             self.poll(&mut |_| {});
             if Instant::now() > end {
@@ -470,7 +479,9 @@ fn untag(t: u64, status: IoStatus, current: impl Fn(u64) -> bool) -> Done {
 fn meta_done(shared: &Shared, bm: &mut [BmSlot], sbs: &mut SbSlot, d: Done) {
     if d.idx == SB_SLOT {
         sbs.pending = sbs.pending.saturating_sub(1);
-        if !d.status.is_ok() && d.current {
+        if d.status.is_ok() && d.current {
+            sbs.ok |= 1 << d.member;
+        } else if d.current {
             shared.fail_io(d.member, "superblock write failed");
         }
         if sbs.active && sbs.pending == 0 && sbs.to_issue == 0 {
@@ -493,9 +504,10 @@ fn meta_done(shared: &Shared, bm: &mut [BmSlot], sbs: &mut SbSlot, d: Done) {
 }
 
 fn finish_bm(shared: &Shared, s: &mut BmSlot) {
-    // Bits count as on disk only if some member still taking writes has
-    // them (a failed member is out of the array from now on).
-    if s.ok & shared.write_targets() != 0 {
+    // Bits count as on disk only if a member in sync has them: after a
+    // crash only the in-sync members' bitmaps are read (a member being
+    // rebuilt does not count, a failed one is out of the array).
+    if s.ok & shared.read_sources() != 0 {
         shared.bitmap_written(s.block, s.buf.as_slice());
     } else {
         shared.bm_failures.fetch_add(1, AcqRel);
@@ -505,7 +517,13 @@ fn finish_bm(shared: &Shared, s: &mut BmSlot) {
 }
 
 fn finish_sb(shared: &Shared, s: &mut SbSlot) {
-    shared.sb_done.fetch_max(s.gen, AcqRel);
+    // Persisted only if an in-sync member took it.
+    if s.ok & shared.read_sources() != 0 {
+        shared.sb_done.fetch_max(s.gen, AcqRel);
+    } else {
+        shared.sb_failed.fetch_max(s.gen, AcqRel);
+        tracing::warn!(raid1 = %shared.name, gen = s.gen, "superblock write reached no in-sync member");
+    }
     s.active = false;
     shared.sb_busy.store(false, Release);
 }

@@ -109,6 +109,9 @@ pub(crate) struct Shared {
     pub sb_gen: AtomicU64,
     pub sb_done: AtomicU64,
     pub sb_busy: AtomicBool,
+    /// Newest superblock generation whose write reached no in-sync member:
+    /// what waits for it fails.
+    pub sb_failed: AtomicU64,
     /// `sb_gen` at the newest member failure: writes are acknowledged only
     /// once it is on disk (md's "superblock change pending").
     pub fail_gen: AtomicU64,
@@ -159,6 +162,7 @@ impl Shared {
             sb_gen: AtomicU64::new(1),
             sb_done: AtomicU64::new(0),
             sb_busy: AtomicBool::new(false),
+            sb_failed: AtomicU64::new(0),
             fail_gen: AtomicU64::new(0),
             resync_active: AtomicBool::new(false),
             resync_cursor: AtomicU64::new(0),
