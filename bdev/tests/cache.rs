@@ -368,3 +368,44 @@ fn concurrent_channels_with_writes_in_flight_stay_coherent() {
         );
     }
 }
+
+/// Over a base with a cache of its own (a file: flush = fdatasync), a
+/// FLUSH flushes the base after the write-backs, and so does a FUA write.
+#[test]
+fn flush_and_fua_flush_the_base() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let base_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-scratch");
+    std::fs::create_dir_all(&base_dir).unwrap();
+    let dir = tempfile::tempdir_in(base_dir).unwrap();
+    let path = dir.path().join("disk.img");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let f: Arc<dyn Bdev> =
+        Arc::new(bdev::file::create("f", path.to_str().unwrap(), BS as u32).unwrap());
+    assert!(f.info().caps.flush);
+    let c = Arc::new(cache::create("c", Arc::clone(&f), 16).unwrap());
+    let cd: Arc<dyn Bdev> = c.clone();
+    let mut ch = open_channel(&cd).unwrap();
+    assert_eq!(write_seed(&mut ch, 4, 2, 8, false), IoStatus::Success);
+    assert_eq!(f.stats().flushes.load(Relaxed), 0);
+    assert_eq!(flush(&mut ch), IoStatus::Success);
+    assert_eq!(f.stats().flushes.load(Relaxed), 1, "FLUSH flushed the base");
+    assert_eq!(write_seed(&mut ch, 9, 1, 8, true), IoStatus::Success);
+    assert_eq!(f.stats().flushes.load(Relaxed), 2, "FUA flushed the base");
+    assert_eq!(
+        testing::run_nodata(&mut ch, &IoRequest::reset()),
+        IoStatus::Success
+    );
+    c.power_cut(CutMode::All, 0).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(
+        check_pattern(&bytes[4 * BS..6 * BS], 4, BS, 8),
+        "flushed data in the file"
+    );
+    assert!(
+        check_pattern(&bytes[9 * BS..10 * BS], 9, BS, 8),
+        "FUA data in the file"
+    );
+}
