@@ -7,7 +7,8 @@
 //! durable (present on the base):
 //!
 //! - a FLUSH writes every block cached when it was submitted back to the
-//!   base (or a newer version of it), then flushes the base, then completes;
+//!   base (or a newer version of it), then flushes the base (when it has a
+//!   cache of its own), then completes;
 //! - a FUA write goes through to the base (then flushes the base, when the
 //!   base has a cache of its own) before it completes;
 //! - when the cache is full, the oldest blocks are written back before the
@@ -15,6 +16,12 @@
 //! - unmap and write-zeroes of at most `cache_blocks` blocks are cached
 //!   writes of zeroes; longer ones drop the cached copies of the range and
 //!   go through to the base.
+//!
+//! A write is cached whole when submitted, and completes once write-backs
+//! of the oldest blocks have brought the cache back within `cache_blocks`
+//! (so one write longer than the cache is held whole until part of it is
+//! on the base: the cache is over capacity only while a write waits).
+//! Deleting the bdev drops its unflushed blocks, as a power cut does.
 //!
 //! [`CacheBdev::power_cut`] drops everything not yet durable: the whole
 //! cache ([`CutMode::All`]), or first a seeded random subset of the dirty
@@ -871,9 +878,8 @@ impl CacheChannel {
         }
         if satisfied {
             // Flush and FUA: the blocks are on the base; flush the base's
-            // own cache (if it has one) before completing.
-            let fua = self.ops.get(slot).is_some_and(|o| o.fua);
-            if !fua || self.shared.base_flush {
+            // own cache (when it has one) before completing.
+            if self.shared.base_flush {
                 if let Some(op) = self.ops.get_mut(slot) {
                     op.wait = Wait::Base { range_id: None };
                 }
