@@ -292,3 +292,66 @@ fn raid1_metadata_counts_only_on_an_in_sync_member() {
     );
     clear_injection(&ea);
 }
+
+/// Whether, in `log`, every write at `lba` after position `from` is
+/// preceded by a flush after `from` (and there is at least one such write).
+fn flushed_before(log: &[(bdev::IoType, u64, bool)], from: usize, lba: u64) -> bool {
+    let mut flushed = false;
+    let mut seen = false;
+    for &(t, l, _) in &log[from..] {
+        match t {
+            bdev::IoType::Flush => flushed = true,
+            bdev::IoType::Write if l == lba => {
+                if !flushed {
+                    return false;
+                }
+                seen = true;
+            }
+            _ => {}
+        }
+    }
+    seen
+}
+
+/// Defect 4: with members that have a volatile cache, bitmap bits are
+/// cleared and the clean superblock written only after a flush of the
+/// members (md's PREFLUSH|FUA): the data the bits covered is durable before
+/// the record that it was dirty goes.
+#[test]
+fn raid1_flush_precedes_bit_clearing_and_the_clean_mark() {
+    let (a, ca) = flaky_cached("fl_a", mem("fl_ma", 8192, 512));
+    let (b, cb) = flaky_cached("fl_b", mem("fl_mb", 8192, 512));
+    let r = make("fl_r", 64, &[&a, &b]);
+    let mut ch = open_channel(&as_dyn(&r)).unwrap();
+    let mut task = r.rebuild_task();
+    assert!(
+        run_ios(&mut ch, &shuffled_writes(8, 32, 95), 4, &mut |_| {})
+            .iter()
+            .all(|s| s.is_ok())
+    );
+    assert!(dirty(&r) > 0);
+    let bitmap_lba = 8; // 4 KiB superblock in 512-byte blocks
+    let marks = [ca.log.lock().unwrap().len(), cb.log.lock().unwrap().len()];
+    clear_bitmap(&mut task);
+    assert_eq!(dirty(&r), 0);
+    for (c, &from) in [&ca, &cb].iter().zip(&marks) {
+        let log = c.log.lock().unwrap();
+        assert!(
+            flushed_before(&log, from, bitmap_lba),
+            "bitmap bits cleared without a flush first: {:?}",
+            &log[from..]
+        );
+    }
+    drop(task);
+    drop(ch);
+    let marks = [ca.log.lock().unwrap().len(), cb.log.lock().unwrap().len()];
+    r.shutdown();
+    for (c, &from) in [&ca, &cb].iter().zip(&marks) {
+        let log = c.log.lock().unwrap();
+        assert!(
+            flushed_before(&log, from, 0),
+            "marked clean without a flush first: {:?}",
+            &log[from..]
+        );
+    }
+}

@@ -371,7 +371,7 @@ fn step_op(cx: Cx<'_>, s: u32, op: &mut Op) -> Next {
                             all = false;
                             let b = sh.bm_block_of(r);
                             if b != last_b {
-                                port.persist_bitmap(b);
+                                port.persist_bitmap(b, false);
                                 last_b = b;
                             }
                         }

@@ -54,6 +54,9 @@ struct Kid {
     ch: Channel,
 }
 
+/// Set in a meta tag's index for the FLUSH that precedes a write.
+const FLUSH_IDX: u32 = 0x100;
+
 struct BmSlot {
     active: bool,
     block: u64,
@@ -61,6 +64,9 @@ struct BmSlot {
     to_issue: u8,
     pending: u8,
     ok: u8,
+    /// Members still to flush before the write (md's PREFLUSH).
+    flush_to_issue: u8,
+    flush_pending: u8,
 }
 
 struct SbSlot {
@@ -70,6 +76,8 @@ struct SbSlot {
     to_issue: u8,
     pending: u8,
     ok: u8,
+    flush_to_issue: u8,
+    flush_pending: u8,
 }
 
 pub(crate) struct Port {
@@ -103,6 +111,8 @@ impl Port {
                     to_issue: 0,
                     pending: 0,
                     ok: 0,
+                    flush_to_issue: 0,
+                    flush_pending: 0,
                 })
                 .collect(),
             sbs: SbSlot {
@@ -112,6 +122,8 @@ impl Port {
                 to_issue: 0,
                 pending: 0,
                 ok: 0,
+                flush_to_issue: 0,
+                flush_pending: 0,
             },
             shared,
         };
@@ -247,8 +259,11 @@ impl Port {
 
     /// Starts writing bitmap block `b` unless one of ours is already under
     /// way, another port holds it, or no slot is free. The caller retries
-    /// until the regions it waits for are on disk.
-    pub fn persist_bitmap(&mut self, b: u64) -> bool {
+    /// until the regions it waits for are on disk. With `preflush` (a
+    /// write that clears bits) the members are flushed first, so that the
+    /// data the bits covered is durable before the record that it was
+    /// dirty goes (md's PREFLUSH|FUA).
+    pub fn persist_bitmap(&mut self, b: u64, preflush: bool) -> bool {
         if self.bm.iter().any(|s| s.active && s.block == b) {
             return true;
         }
@@ -269,6 +284,12 @@ impl Port {
         slot.to_issue = targets;
         slot.pending = 0;
         slot.ok = 0;
+        slot.flush_to_issue = if preflush {
+            flushable(&self.kids, targets)
+        } else {
+            0
+        };
+        slot.flush_pending = 0;
         self.issue_bm(i);
         true
     }
@@ -301,6 +322,10 @@ impl Port {
         self.sbs.to_issue = targets;
         self.sbs.pending = 0;
         self.sbs.ok = 0;
+        // Every superblock write is preceded by a flush: the clean mark
+        // and the checkpoints speak for data written before them.
+        self.sbs.flush_to_issue = flushable(&self.kids, targets);
+        self.sbs.flush_pending = 0;
         self.issue_sb();
     }
 
@@ -313,6 +338,15 @@ impl Port {
             ..
         } = self;
         let s = &mut bm[i];
+        if !issue_flushes(
+            kids,
+            outstanding,
+            &mut s.flush_to_issue,
+            &mut s.flush_pending,
+            i as u32,
+        ) {
+            return;
+        }
         let lba = shared.layout.bitmap_offset + s.block;
         let v = [s.buf.iovec(0, s.buf.len())];
         let req = IoRequest::write(lba, 1, &v).with_fua(true);
@@ -345,6 +379,15 @@ impl Port {
             sbs,
             ..
         } = self;
+        if !issue_flushes(
+            kids,
+            outstanding,
+            &mut sbs.flush_to_issue,
+            &mut sbs.flush_pending,
+            SB_SLOT,
+        ) {
+            return;
+        }
         let sb_blocks = shared.layout.sb_blocks;
         for m in 0..MAX_MEMBERS {
             if sbs.to_issue & (1 << m) == 0 {
@@ -372,12 +415,12 @@ impl Port {
     fn meta_progress(&mut self) -> usize {
         let mut n = 0;
         for i in 0..BM_SLOTS {
-            if self.bm[i].active && self.bm[i].to_issue != 0 {
+            if self.bm[i].active && self.bm[i].to_issue != 0 && self.bm[i].flush_pending == 0 {
                 self.issue_bm(i);
                 n += 1;
             }
         }
-        if self.sbs.active && self.sbs.to_issue != 0 {
+        if self.sbs.active && self.sbs.to_issue != 0 && self.sbs.flush_pending == 0 {
             self.issue_sb();
             n += 1;
         }
@@ -419,7 +462,7 @@ impl Port {
         let end = Instant::now() + deadline;
         for b in 0..self.shared.bm_blocks {
             // Start one of ours for this block and wait for it to finish.
-            while !self.persist_bitmap(b) {
+            while !self.persist_bitmap(b, false) {
                 self.poll(&mut |_| {});
                 if Instant::now() > end {
                     return Err(BdevError::Other(format!(
@@ -466,6 +509,44 @@ unsafe fn submit_to(
     }
 }
 
+/// Of `targets`, the members whose device has a cache to flush.
+fn flushable(kids: &[Option<Kid>], targets: u8) -> u8 {
+    let mut m = 0u8;
+    for (i, k) in kids.iter().enumerate() {
+        if targets & (1 << i) != 0 && k.as_ref().is_some_and(|k| k.ch.info().caps.flush) {
+            m |= 1 << i;
+        }
+    }
+    m
+}
+
+/// Sends the FLUSHes a metadata write waits for; true once they are all
+/// done (the write may go).
+fn issue_flushes(
+    kids: &mut [Option<Kid>],
+    outstanding: &mut [u32; MAX_MEMBERS],
+    to_issue: &mut u8,
+    pending: &mut u8,
+    idx: u32,
+) -> bool {
+    let req = IoRequest::flush();
+    for m in 0..MAX_MEMBERS {
+        if *to_issue & (1 << m) == 0 {
+            continue;
+        }
+        // SAFETY: a flush carries no buffer.
+        match unsafe { submit_to(kids, outstanding, m, &req, KIND_META, idx | FLUSH_IDX) } {
+            Ok(()) => {
+                *pending += 1;
+                *to_issue &= !(1 << m);
+            }
+            Err(SubmitErr::Gone) => *to_issue &= !(1 << m),
+            Err(SubmitErr::Full) => {}
+        }
+    }
+    *to_issue == 0 && *pending == 0
+}
+
 fn untag(t: u64, status: IoStatus, current: impl Fn(u64) -> bool) -> Done {
     Done {
         kind: t >> 60,
@@ -476,7 +557,27 @@ fn untag(t: u64, status: IoStatus, current: impl Fn(u64) -> bool) -> Done {
     }
 }
 
+/// A preflush completed.
+fn flush_done(shared: &Shared, pending: &mut u8, d: &Done) {
+    *pending = pending.saturating_sub(1);
+    if !d.status.is_ok() && d.current {
+        // Its cache may hold what the metadata is about to vouch for.
+        shared.fail_io(d.member, "flush failed");
+    }
+}
+
 fn meta_done(shared: &Shared, bm: &mut [BmSlot], sbs: &mut SbSlot, d: Done) {
+    if d.idx & FLUSH_IDX != 0 {
+        // The write itself is issued by `meta_progress` once every flush
+        // of its slot is done.
+        let i = (d.idx & !FLUSH_IDX) as usize;
+        if i == SB_SLOT as usize {
+            flush_done(shared, &mut sbs.flush_pending, &d);
+        } else if let Some(s) = bm.get_mut(i) {
+            flush_done(shared, &mut s.flush_pending, &d);
+        }
+        return;
+    }
     if d.idx == SB_SLOT {
         sbs.pending = sbs.pending.saturating_sub(1);
         if d.status.is_ok() && d.current {

@@ -560,7 +560,7 @@ impl RebuildTask {
         };
         let mut work = 0;
         for b in 0..self.clear_pending.len() {
-            if self.clear_pending[b] && port.persist_bitmap(b as u64) {
+            if self.clear_pending[b] && port.persist_bitmap(b as u64, true) {
                 self.clear_pending[b] = false;
                 self.clear_pending_n -= 1;
                 work += 1;

@@ -30,8 +30,13 @@ pub struct Ctl {
     pub fail_writes_after: AtomicI64,
     /// The next this many writes complete with `Aborted` (not sent).
     pub abort_writes: AtomicU64,
-    /// Flushes that reached the base.
+    /// Flushes seen.
     pub flushes: AtomicU64,
+    /// Flushes complete here (the bdev advertises a volatile cache over a
+    /// base without one).
+    pub own_flush: AtomicBool,
+    /// Writes and flushes that went through, in order: (kind, lba, fua).
+    pub log: std::sync::Mutex<Vec<(IoType, u64, bool)>>,
     /// Writes seen with FUA.
     pub fua_writes: AtomicU64,
     /// Reads that reached the base.
@@ -56,12 +61,27 @@ pub struct Flaky {
     stats: BdevStats,
 }
 
+/// A [`flaky`] bdev that claims a volatile write cache (FLUSH and FUA
+/// accepted) and logs the writes and flushes it passes on.
+pub fn flaky_cached(name: &str, base: Arc<dyn Bdev>) -> (Arc<dyn Bdev>, Arc<Ctl>) {
+    flaky_with(name, base, true)
+}
+
 pub fn flaky(name: &str, base: Arc<dyn Bdev>) -> (Arc<dyn Bdev>, Arc<Ctl>) {
+    flaky_with(name, base, false)
+}
+
+fn flaky_with(name: &str, base: Arc<dyn Bdev>, cached: bool) -> (Arc<dyn Bdev>, Arc<Ctl>) {
     let mut info = base.info().clone();
+    if cached {
+        info.caps.flush = true;
+        info.caps.fua = true;
+    }
     info.name = name.to_string();
     info.kind = "flaky";
     let ctl = Arc::new(Ctl {
         fail_writes_after: AtomicI64::new(-1),
+        own_flush: AtomicBool::new(cached),
         ..Default::default()
     });
     (
@@ -143,8 +163,18 @@ impl BdevChannel for FlakyCh {
         if req.io_type == IoType::Read {
             c.reads.fetch_add(1, SeqCst);
         }
+        if matches!(req.io_type, IoType::Flush | IoType::Write) {
+            c.log
+                .lock()
+                .unwrap()
+                .push((req.io_type, req.offset_blocks, req.fua));
+        }
         if req.io_type == IoType::Flush {
             c.flushes.fetch_add(1, SeqCst);
+            if c.own_flush.load(SeqCst) {
+                self.cq.push(tag, IoStatus::Success);
+                return Ok(());
+            }
         }
         if req.io_type == IoType::Write {
             if req.fua {
