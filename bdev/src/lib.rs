@@ -1,6 +1,7 @@
 //! The block-device layer: the [`Bdev`] interface, per-reactor channels,
 //! request validation, statistics, the registry, and the modules
-//! (`null`, `malloc`, `file`, `error`, `delay`).
+//! (`null`, `malloc`, `file`, `error`, `delay`, `cache` — a volatile
+//! write-cache fault model —, `raid1`), and the memory map.
 //!
 //! # Model
 //!
