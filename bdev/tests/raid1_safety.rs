@@ -355,3 +355,45 @@ fn raid1_flush_precedes_bit_clearing_and_the_clean_mark() {
         );
     }
 }
+
+/// Defect 10: a member whose state has become a write target (here: in
+/// sync) is seen by every write that starts after the state was stored,
+/// even while the thread changing it has not finished the change.
+#[test]
+fn raid1_state_change_is_seen_by_every_later_write() {
+    let a = mem("vg_a", 8192, 512);
+    let b = mem("vg_b", 8192, 512);
+    let r = make("vg_r", 64, &[&a, &b]);
+    let off = data_offset(&r);
+    let mut ch = open_channel(&as_dyn(&r)).unwrap();
+    let w = |ch: &mut bdev::Channel, lba: u64, seed: u64| {
+        let st = run_ios(
+            ch,
+            &[Io {
+                io_type: bdev::IoType::Write,
+                lba,
+                blocks: 8,
+                seed,
+            }],
+            1,
+            &mut |_| {},
+        );
+        assert_eq!(st[0], IoStatus::Success);
+    };
+    w(&mut ch, 0, 1);
+    r.fail_member("vg_b").unwrap();
+    // The channel's view now has b out of the array.
+    w(&mut ch, 64, 2);
+    assert!(!members_equal(&a, &b, off + 64, 8));
+    // b becomes in sync (as a rebuild's end does); the changer is paused
+    // before finishing. A write that starts now must reach b.
+    r.debug_begin_state_change("vg_b", "in_sync").unwrap();
+    w(&mut ch, 1024, 3);
+    assert!(
+        members_equal(&a, &b, off + 1024, 8),
+        "a write after the state change missed the member"
+    );
+    r.debug_end_state_change().unwrap();
+    w(&mut ch, 2048, 4);
+    assert!(members_equal(&a, &b, off + 2048, 8));
+}

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 
 use super::port::{Done, Port, SubmitErr, KIND_USER};
-use super::shared::Shared;
+use super::shared::{Shared, VIEW_BUSY};
 use super::MAX_MEMBERS;
 use crate::{
     validate, BdevChannel, BdevInfo, CompletionQueue, IoRequest, IoStatus, IoType, IoVec,
@@ -82,12 +82,13 @@ enum Next {
 }
 
 /// The array's member states as this channel uses them, recomputed only
-/// when `sb_gen` (bumped by every state change, after it) or the port's
+/// when `view_word` (moved before and after every state change) or the port's
 /// member table moved: the data path reads one atomic per request instead
 /// of every role's state.
 #[derive(Copy, Clone, Debug, Default)]
 struct View {
-    /// `sb_gen` and the port's `config_gen` this view was built at.
+    /// `view_word` (`u64::MAX`: not trusted) and the port's `config_gen`
+    /// this view was built at.
     gen: u64,
     config: u64,
     /// In sync (the array can serve I/O while non-zero).
@@ -144,7 +145,7 @@ impl Raid1Channel {
     /// are loaded before the port refreshes (see `Port::live_targets`).
     fn update_view(&mut self) {
         let sh = &*self.shared;
-        let g = sh.sb_gen.load(Acquire);
+        let g = sh.view_word.load(Acquire);
         if g == self.view.gen && self.port.seen_config() == self.view.config {
             return;
         }
@@ -163,8 +164,17 @@ impl Raid1Channel {
         if fast == 0 {
             fast = read;
         }
+        // Trusted only if no state change was under way or happened while
+        // the states were read (a seqlock's check).
+        std::sync::atomic::fence(Acquire);
+        let g2 = sh.view_word.load(Relaxed);
+        let gen = if g2 == g && g & VIEW_BUSY == 0 {
+            g
+        } else {
+            u64::MAX
+        };
         self.view = View {
-            gen: g,
+            gen,
             config: self.port.seen_config(),
             insync,
             read,
@@ -391,7 +401,7 @@ fn step_op(cx: Cx<'_>, s: u32, op: &mut Op) -> Next {
                 // copies a region only while holding it exclusively, so a
                 // member it brings in is either seen here or copied after
                 // this write): the view only if no state changed since.
-                if sh.sb_gen.load(Acquire) == view.gen {
+                if sh.view_word.load(Acquire) == view.gen {
                     op.to_issue = view.write;
                     op.insync = view.insync & view.write;
                 } else {

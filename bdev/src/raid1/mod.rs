@@ -802,7 +802,7 @@ impl Raid1Bdev {
         sh.config_gen.fetch_add(1, AcqRel);
         // The state last: a channel that sees the member as a target also
         // sees its device (see Port::live_targets).
-        sh.roles[m].state.store(state, Release);
+        sh.set_state(m, state);
         sh.state_changed();
         tracing::info!(raid1 = %self.info.name, member = %i.name, role = m,
             kind = if state == ROLE_RECOVER_BITMAP { "bitmap resync" } else { "full rebuild" }, "member added");
@@ -817,7 +817,7 @@ impl Raid1Bdev {
     fn detach(&self, m: usize) -> Option<Arc<dyn Bdev>> {
         let sh = &self.shared;
         let old = sh.members()[m].take();
-        sh.roles[m].state.store(ROLE_MISSING, Release);
+        sh.set_state(m, ROLE_MISSING);
         sh.roles[m].slot_gen.fetch_add(1, AcqRel);
         sh.config_gen.fetch_add(1, AcqRel);
         sh.state_changed();
@@ -873,10 +873,35 @@ impl Raid1Bdev {
             }
             _ => {}
         }
-        sh.roles[m].state.store(ROLE_FAULTY, Release);
+        sh.set_state(m, ROLE_FAULTY);
         let g = sh.state_changed();
         sh.fail_gen.fetch_max(g, AcqRel);
         tracing::warn!(raid1 = %self.info.name, member = %name, "member failed by request");
+        self.sync_sb()
+    }
+
+    /// Test hook: the first half of a member-state change (what a write
+    /// on another thread sees while the changing thread is paused between
+    /// storing the state and finishing the change).
+    #[doc(hidden)]
+    pub fn debug_begin_state_change(&self, member: &str, state: &str) -> Result<(), BdevError> {
+        let m = self.find(member)?;
+        let s = match state {
+            "in_sync" => ROLE_IN_SYNC,
+            "faulty" => ROLE_FAULTY,
+            "rebuilding" => ROLE_RECOVER_FULL,
+            "resyncing" => ROLE_RECOVER_BITMAP,
+            _ => return Err(BdevError::param("state", format!("`{state}`?"))),
+        };
+        self.shared.begin_state(m, None, s);
+        Ok(())
+    }
+
+    /// Test hook: the second half of [`Raid1Bdev::debug_begin_state_change`].
+    #[doc(hidden)]
+    pub fn debug_end_state_change(&self) -> Result<(), BdevError> {
+        self.shared.end_state();
+        self.shared.state_changed();
         self.sync_sb()
     }
 

@@ -329,9 +329,7 @@ impl RebuildTask {
             if (job.full | job.bm) & (1 << m) != 0 {
                 let s = sh.state(m);
                 if s == ROLE_RECOVER_FULL || s == ROLE_RECOVER_BITMAP {
-                    let _ = sh.roles[m]
-                        .state
-                        .compare_exchange(s, ROLE_IN_SYNC, AcqRel, Acquire);
+                    sh.cas_state(m, s, ROLE_IN_SYNC);
                 }
             }
         }

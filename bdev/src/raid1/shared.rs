@@ -10,6 +10,11 @@ use super::sb::{self, Layout, RoleEntry, Superblock};
 use super::MAX_MEMBERS;
 use crate::Bdev;
 
+/// One completed state change in [`Shared::view_word`].
+pub(crate) const VIEW_ONE: u64 = 1 << 16;
+/// State changes under way in [`Shared::view_word`].
+pub(crate) const VIEW_BUSY: u64 = VIEW_ONE - 1;
+
 /// Runtime role state: a role defined in the superblock with no device.
 pub const ROLE_MISSING: u8 = 5;
 
@@ -109,6 +114,11 @@ pub(crate) struct Shared {
     pub sb_gen: AtomicU64,
     pub sb_done: AtomicU64,
     pub sb_busy: AtomicBool,
+    /// Member-state changes: completed ones above bit 16, those under way
+    /// in the low 16 bits. A change announces itself here before it stores
+    /// the state and again after: a channel's cached view is trusted only
+    /// while this word is what it was built at, with nothing under way.
+    pub view_word: AtomicU64,
     /// Newest superblock generation whose write reached no in-sync member:
     /// what waits for it fails.
     pub sb_failed: AtomicU64,
@@ -162,6 +172,7 @@ impl Shared {
             sb_gen: AtomicU64::new(1),
             sb_done: AtomicU64::new(0),
             sb_busy: AtomicBool::new(false),
+            view_word: AtomicU64::new(0),
             sb_failed: AtomicU64::new(0),
             fail_gen: AtomicU64::new(0),
             resync_active: AtomicBool::new(false),
@@ -225,6 +236,42 @@ impl Shared {
         self.sb_gen.fetch_add(1, AcqRel) + 1
     }
 
+    /// First half of a member-state change: moves the view word (so that
+    /// any write which can see the new state also sees that cached views
+    /// are stale), then stores the state (`old`: only if it still is).
+    /// [`Shared::end_state`] must follow.
+    pub fn begin_state(&self, m: usize, old: Option<u8>, new: u8) -> bool {
+        self.view_word.fetch_add(VIEW_ONE + 1, AcqRel);
+        match old {
+            None => {
+                self.roles[m].state.store(new, Release);
+                true
+            }
+            Some(o) => self.roles[m]
+                .state
+                .compare_exchange(o, new, AcqRel, Acquire)
+                .is_ok(),
+        }
+    }
+
+    /// Second half of a state change.
+    pub fn end_state(&self) {
+        self.view_word.fetch_add(VIEW_ONE - 1, AcqRel);
+    }
+
+    /// Stores a member state, visible to every write that starts after.
+    pub fn set_state(&self, m: usize, s: u8) {
+        self.begin_state(m, None, s);
+        self.end_state();
+    }
+
+    /// Changes a member state from `old` to `new` if it still is `old`.
+    pub fn cas_state(&self, m: usize, old: u8, new: u8) -> bool {
+        let ok = self.begin_state(m, Some(old), new);
+        self.end_state();
+        ok
+    }
+
     /// Asks for a superblock write without a state change (checkpoints).
     pub fn request_sb(&self) -> u64 {
         self.sb_gen.fetch_add(1, AcqRel) + 1
@@ -241,11 +288,7 @@ impl Shared {
             if s == sb::ROLE_IN_SYNC && self.read_sources() == 1 << m {
                 return false;
             }
-            if self.roles[m]
-                .state
-                .compare_exchange(s, sb::ROLE_FAULTY, AcqRel, Acquire)
-                .is_ok()
-            {
+            if self.cas_state(m, s, sb::ROLE_FAULTY) {
                 break;
             }
         }
