@@ -381,7 +381,21 @@ fn raid1_assembly_refuses_what_it_cannot_trust() {
         junk.as_mut_slice()[200] ^= 0xff;
         assert_eq!(write(&mut ch, 0, &mut junk), IoStatus::Success);
     }
-    let e = raid1::create(&params("as_y", 64), vec![d.clone(), e2.clone()])
+    // With another member to assemble from, it is left out and reported
+    // (the array runs degraded); alone, it is an error.
+    let r = raid1::create(&params("as_y", 64), vec![d.clone(), e2.clone()]).unwrap();
+    let s = r.status();
+    assert_eq!(s["state"], "degraded", "{s}");
+    assert_eq!(s["excluded_at_assembly"][0]["member"], "as_d", "{s}");
+    assert!(
+        s["excluded_at_assembly"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("member `as_d`: superblock checksum mismatch"),
+        "{s}"
+    );
+    drop(r);
+    let e = raid1::create(&params("as_y", 64), vec![d.clone()])
         .err()
         .unwrap()
         .to_string();

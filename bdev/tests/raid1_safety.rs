@@ -397,3 +397,42 @@ fn raid1_state_change_is_seen_by_every_later_write() {
     w(&mut ch, 2048, 4);
     assert!(members_equal(&a, &b, off + 2048, 8));
 }
+
+/// Defect 6: a member whose superblock cannot be read (an I/O error) does
+/// not stop the array from assembling: it is left out (degraded), the
+/// status says which and why, and the data is served by the others.
+#[test]
+fn raid1_unreadable_superblock_assembles_degraded() {
+    let (a, ea) = err_bdev("us_a", mem("us_ma", 8192, 512));
+    let b = mem("us_b", 8192, 512);
+    let r = make("us_r", 64, &[&a, &b]);
+    let n_chunks = r.info().num_blocks / 32;
+    let mut ch = open_channel(&as_dyn(&r)).unwrap();
+    assert!(
+        run_ios(&mut ch, &shuffled_writes(n_chunks, 32, 97), 8, &mut |_| {})
+            .iter()
+            .all(|s| s.is_ok())
+    );
+    drop(ch);
+    r.shutdown();
+    drop(r);
+    ea.inject(&bdev::error::InjectParams {
+        name: "us_a".into(),
+        io_type: Some(bdev::error::InjectIoType::Read),
+        every: None,
+        range: Some([0, 8]),
+        status: Some(bdev::error::InjectStatus::Medium),
+        clear: false,
+    })
+    .unwrap();
+    let mut p = params("us_r", 64);
+    p.members = vec!["us_a".into(), "us_b".into()];
+    let r = raid1::create(&p, vec![a.clone(), b.clone()]).expect("assembles without us_a");
+    let s = r.status();
+    assert_eq!(s["state"], "degraded", "{s}");
+    assert_eq!(s["members"][0]["state"], "missing", "{s}");
+    assert_eq!(s["excluded_at_assembly"][0]["member"], "us_a", "{s}");
+    assert_eq!(r.member_names(), vec!["us_b".to_string()]);
+    let mut ch = open_channel(&as_dyn(&r)).unwrap();
+    verify(&mut ch, n_chunks, 32, 97);
+}

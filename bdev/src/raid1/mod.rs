@@ -168,6 +168,8 @@ pub struct Raid1Bdev {
     stats: BdevStats,
     shared: Arc<Shared>,
     control: Mutex<()>,
+    /// Members left out at assembly (unreadable superblock) and why.
+    excluded: Vec<(String, String)>,
 }
 
 fn new_uuid(what: &str) -> [u8; 16] {
@@ -347,13 +349,38 @@ pub fn create(
             format!("{chunk_kb} must be a power of two between the block size and 1 GiB"),
         ));
     }
+    let mut members = members;
+    let mut excluded: Vec<(String, String)> = Vec::new();
     let sbs: Vec<Option<Superblock>> = if params.format {
         vec![None; members.len()]
     } else {
-        members
-            .iter()
-            .map(read_superblock)
-            .collect::<Result<_, _>>()?
+        let read: Vec<Result<Option<Superblock>, BdevError>> =
+            members.iter().map(read_superblock).collect();
+        if !read.iter().any(|r| matches!(r, Ok(Some(_)))) {
+            // No member to assemble from: the first error is the answer.
+            read.into_iter().collect::<Result<_, _>>()?
+        } else {
+            // A member whose superblock cannot be read (an I/O error, a
+            // damaged block) is left out: the array assembles without it
+            // (degraded) and says so, as mdadm does.
+            let mut keep = Vec::new();
+            let mut sbs = Vec::new();
+            for (b, r) in members.into_iter().zip(read) {
+                match r {
+                    Ok(s) => {
+                        keep.push(b);
+                        sbs.push(s);
+                    }
+                    Err(e) => {
+                        tracing::warn!(raid1 = %params.name, member = %b.info().name, error = %e,
+                            "superblock unreadable: assembling without this member");
+                        excluded.push((b.info().name.clone(), e.to_string()));
+                    }
+                }
+            }
+            members = keep;
+            sbs
+        }
     };
     let shared = if sbs.iter().all(|s| s.is_none()) {
         format(params, &members, chunk_bytes)?
@@ -403,6 +430,7 @@ pub fn create(
         stats: BdevStats::default(),
         shared,
         control: Mutex::new(()),
+        excluded,
     }))
 }
 
@@ -991,6 +1019,11 @@ impl Raid1Bdev {
             "resynced_regions": sh.resynced_regions.load(Relaxed),
             "rebuilt_regions": sh.rebuilt_regions.load(Relaxed),
             "read_repairs": sh.read_repairs.load(Relaxed),
+            "excluded_at_assembly": self
+                .excluded
+                .iter()
+                .map(|(m, why)| json!({"member": m, "error": why}))
+                .collect::<Vec<_>>(),
         })
     }
 }
