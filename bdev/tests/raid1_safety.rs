@@ -436,3 +436,123 @@ fn raid1_unreadable_superblock_assembles_degraded() {
     let mut ch = open_channel(&as_dyn(&r)).unwrap();
     verify(&mut ch, n_chunks, 32, 97);
 }
+
+fn inject_reads(e: &bdev::error::ErrorBdev, range: [u64; 2]) {
+    e.inject(&bdev::error::InjectParams {
+        name: e.info().name.clone(),
+        io_type: Some(bdev::error::InjectIoType::Read),
+        every: None,
+        range: Some(range),
+        status: Some(bdev::error::InjectStatus::Medium),
+        clear: false,
+    })
+    .unwrap();
+}
+
+/// Defect 8: a rebuild whose source cannot read a range does not fail the
+/// source or stop: with another mirror the range is read there and
+/// rewritten over the source; with none it is recorded as a bad block
+/// (reads of it fail rather than return what the new member never got),
+/// the rebuild completes, and a full rewrite clears it.
+#[test]
+fn raid1_rebuild_read_error_on_the_source_is_repaired_or_recorded() {
+    // Two mirrors readable: repaired from the other one.
+    let ma = mem("br_ma", 8192, 512);
+    let (a, ea) = err_bdev("br_a", ma.clone());
+    let b = mem("br_b", 8192, 512);
+    let c = mem("br_c", 8192, 512);
+    let d = mem("br_d", 8192, 512);
+    let r = make("br_r", 64, &[&a, &b, &c]);
+    let off = data_offset(&r);
+    let n = r.info().num_blocks;
+    let n_chunks = n / 32;
+    let mut ch = open_channel(&as_dyn(&r)).unwrap();
+    assert!(
+        run_ios(&mut ch, &shuffled_writes(n_chunks, 32, 99), 8, &mut |_| {})
+            .iter()
+            .all(|s| s.is_ok())
+    );
+    // a's copy of array blocks 1000..1008 is lost (not on disk any more).
+    tear(&ma, off, 1000, 8);
+    inject_reads(&ea, [off + 1000, 8]);
+    r.remove_member("br_c").unwrap();
+    r.add_member(d.clone()).unwrap();
+    let mut task = r.rebuild_task();
+    settle(&mut task);
+    let s = r.status();
+    assert_eq!(member_state(&r, "br_d"), "in_sync", "{s}");
+    assert_eq!(member_state(&r, "br_a"), "in_sync", "{s}");
+    assert_eq!(s["rebuild"]["error"], serde_json::Value::Null, "{s}");
+    assert!(members_equal(&b, &d, off, n));
+    assert!(
+        members_equal(&ma, &b, off, n),
+        "the source's bad range was rewritten"
+    );
+    drop(task);
+    drop(ch);
+    r.shutdown();
+    drop(r);
+
+    // One readable mirror only: recorded, the rebuild goes on.
+    let mb = mem("bb_ma", 8192, 512);
+    let (a, ea) = err_bdev("bb_a", mb.clone());
+    let b = mem("bb_b", 8192, 512);
+    let c = mem("bb_c", 8192, 512);
+    let r = make("bb_r", 64, &[&a, &b]);
+    let mut ch = open_channel(&as_dyn(&r)).unwrap();
+    assert!(
+        run_ios(&mut ch, &shuffled_writes(n_chunks, 32, 98), 8, &mut |_| {})
+            .iter()
+            .all(|s| s.is_ok())
+    );
+    r.remove_member("bb_b").unwrap();
+    r.add_member(c.clone()).unwrap();
+    inject_reads(&ea, [off + 1000, 8]);
+    let mut task = r.rebuild_task();
+    settle(&mut task);
+    let s = r.status();
+    assert_eq!(member_state(&r, "bb_c"), "in_sync", "{s}");
+    assert_eq!(member_state(&r, "bb_a"), "in_sync", "{s}");
+    let bad = s["bad_blocks"].as_array().unwrap();
+    assert_eq!(bad.len(), 1, "{s}");
+    let (bl, bn) = (
+        bad[0]["offset_blocks"].as_u64().unwrap(),
+        bad[0]["num_blocks"].as_u64().unwrap(),
+    );
+    assert!(bl <= 1000 && bl + bn >= 1008, "{s}");
+    // Reads of the bad range fail (from any member); the rest verifies.
+    let st = run_ios(
+        &mut ch,
+        &[Io {
+            io_type: bdev::IoType::Read,
+            lba: bl,
+            blocks: 8,
+            seed: 98,
+        }],
+        1,
+        &mut |_| {},
+    );
+    assert_eq!(st[0], IoStatus::MediumError);
+    assert!(members_equal(&mb, &c, off, bl) && members_equal(&mb, &c, off + bl + bn, n - bl - bn));
+    // Rewriting the range clears it.
+    ea.inject(&bdev::error::InjectParams {
+        name: "bb_a".into(),
+        io_type: None,
+        every: None,
+        range: None,
+        status: None,
+        clear: true,
+    })
+    .unwrap();
+    let rewrite = [Io {
+        io_type: bdev::IoType::Write,
+        lba: bl,
+        blocks: bn,
+        seed: 98,
+    }];
+    assert!(run_ios(&mut ch, &rewrite, 4, &mut |_| {})
+        .iter()
+        .all(|s| s.is_ok()));
+    assert_eq!(r.status()["bad_blocks"].as_array().unwrap().len(), 0);
+    verify(&mut ch, n_chunks, 32, 98);
+}

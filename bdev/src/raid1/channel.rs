@@ -477,6 +477,9 @@ fn step_op(cx: Cx<'_>, s: u32, op: &mut Op) -> Next {
                         op.err
                     });
                 }
+                if op.io_type == IoType::Write && op.bad == 0 {
+                    sh.clear_bad(op.offset, op.num);
+                }
                 op.sb_need = sh.fail_gen.load(Acquire);
                 op.phase = Phase::WaitSb;
             }
@@ -493,6 +496,9 @@ fn step_op(cx: Cx<'_>, s: u32, op: &mut Op) -> Next {
                 return Next::Wait;
             }
             Phase::Read => {
+                if op.tried == 0 && sh.overlaps_bad(op.offset, op.num) {
+                    return Next::Done(IoStatus::MediumError);
+                }
                 let sources = view.read & !op.tried;
                 if sources == 0 {
                     return Next::Done(if op.err.is_ok() {

@@ -1019,6 +1019,13 @@ impl Raid1Bdev {
             "resynced_regions": sh.resynced_regions.load(Relaxed),
             "rebuilt_regions": sh.rebuilt_regions.load(Relaxed),
             "read_repairs": sh.read_repairs.load(Relaxed),
+            "bad_blocks": sh
+                .bad_blocks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|&(lba, n)| json!({"offset_blocks": lba, "num_blocks": n}))
+                .collect::<Vec<_>>(),
             "excluded_at_assembly": self
                 .excluded
                 .iter()

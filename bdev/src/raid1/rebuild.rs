@@ -18,7 +18,7 @@ use super::sb::{ROLE_IN_SYNC, ROLE_RECOVER_BITMAP, ROLE_RECOVER_FULL};
 use super::shared::{Shared, DIRTY, EXCL, INFLIGHT, ON_DISK, TOUCHED, WAIT};
 use super::MAX_MEMBERS;
 use crate::AlignedBuf;
-use crate::IoRequest;
+use crate::{IoRequest, IoStatus};
 
 /// Largest copy I/O.
 const PIECE_BYTES: u64 = 1 << 20;
@@ -50,6 +50,9 @@ struct Job {
     n: u64,
     src: usize,
     tried: u8,
+    /// Sources whose read of the current piece failed with a medium
+    /// error: rewritten from the member that could be read.
+    bad_src: u8,
     to_issue: u8,
     pending: u8,
     /// Device generation of each role when the job started: a role whose
@@ -309,6 +312,7 @@ impl RebuildTask {
             n: 0,
             src: 0,
             tried: 0,
+            bad_src: 0,
             to_issue: 0,
             pending: 0,
             gens: std::array::from_fn(|m| sh.roles[m].slot_gen.load(Acquire)),
@@ -415,6 +419,7 @@ impl RebuildTask {
                     job.lba = r << sh.region_shift;
                     job.end = ((r + 1) << sh.region_shift).min(sh.data_blocks);
                     job.tried = 0;
+                    job.bad_src = 0;
                     job.step = Step::Read;
                 }
                 Step::Read => {
@@ -426,6 +431,19 @@ impl RebuildTask {
                         (0..MAX_MEMBERS).find(|m| sources & (1 << m) != 0 && port.attached(*m))
                     };
                     let Some(src) = src else {
+                        if job.bad_src != 0 {
+                            // No mirror could read this piece (md: a bad
+                            // block): record it and go on with the rest.
+                            let (lba, n) = (job.lba, job.n);
+                            tracing::error!(raid1 = %sh.name, lba, blocks = n,
+                                "rebuild: no member can read these blocks; recorded as bad");
+                            sh.add_bad(lba, n);
+                            job.bad_src = 0;
+                            job.tried = 0;
+                            self.piece_done();
+                            work += 1;
+                            continue;
+                        }
                         sh.release_excl(job.region);
                         let r = job.region;
                         self.abort_job(format!("no in-sync member could be read for region {r}"));
@@ -496,11 +514,15 @@ impl RebuildTask {
         match job.step {
             Step::ReadWait => {
                 if ok {
-                    job.to_issue = job.targets;
+                    // The sources that failed get the good copy too (as
+                    // the read path repairs).
+                    job.to_issue = job.targets | job.bad_src;
                     job.step = Step::Write;
                 } else {
                     job.tried |= 1 << d.member;
-                    if d.current {
+                    if d.current && d.status == IoStatus::MediumError {
+                        job.bad_src |= 1 << d.member;
+                    } else if d.current {
                         sh.fail_io(d.member, "rebuild read failed");
                     }
                     job.step = Step::Read;
@@ -528,6 +550,13 @@ impl RebuildTask {
     fn piece_done(&mut self) {
         let sh = Arc::clone(&self.shared);
         let Some(job) = self.job.as_mut() else { return };
+        if job.bad_src != 0 {
+            sh.read_repairs.fetch_add(1, Relaxed);
+            tracing::warn!(raid1 = %sh.name, lba = job.lba, blocks = job.n, members = job.bad_src,
+                "rebuild: read error repaired from another mirror");
+        }
+        job.bad_src = 0;
+        job.tried = 0;
         let bytes = job.n * sh.block_size as u64;
         job.bytes += bytes;
         sh.copied_bytes.fetch_add(bytes, Relaxed);

@@ -144,6 +144,11 @@ pub(crate) struct Shared {
     /// give up (no member can take writes any more).
     pub bm_failures: AtomicU64,
     pub rebuild_error: Mutex<Option<String>>,
+    /// Ranges (array LBA, blocks) a rebuild or resync could read from no
+    /// member: the copy went on without them (md's bad-block list).
+    pub bad_blocks: Mutex<Vec<(u64, u64)>>,
+    /// Entries in `bad_blocks` (the data path looks only when non-zero).
+    pub bad_count: AtomicUsize,
 }
 
 impl Shared {
@@ -188,6 +193,8 @@ impl Shared {
             read_repairs: AtomicU64::new(0),
             bm_failures: AtomicU64::new(0),
             rebuild_error: Mutex::new(None),
+            bad_blocks: Mutex::new(Vec::new()),
+            bad_count: AtomicUsize::new(0),
         }
     }
 
@@ -270,6 +277,36 @@ impl Shared {
         let ok = self.begin_state(m, Some(old), new);
         self.end_state();
         ok
+    }
+
+    /// Records `[lba, lba + n)` as readable from no member.
+    pub fn add_bad(&self, lba: u64, n: u64) {
+        let mut b = self.bad_blocks.lock().unwrap_or_else(|e| e.into_inner());
+        b.push((lba, n));
+        self.bad_count.store(b.len(), Release);
+    }
+
+    /// Whether `[lba, lba + n)` overlaps a bad range (reads fail there
+    /// rather than return what a rebuilt member was never given).
+    pub fn overlaps_bad(&self, lba: u64, n: u64) -> bool {
+        self.bad_count.load(Acquire) != 0
+            && self
+                .bad_blocks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|&(b, m)| b < lba + n && lba < b + m)
+    }
+
+    /// A write of `[lba, lba + n)` reached every member: bad ranges it
+    /// covers hold good data again.
+    pub fn clear_bad(&self, lba: u64, n: u64) {
+        if self.bad_count.load(Acquire) == 0 {
+            return;
+        }
+        let mut b = self.bad_blocks.lock().unwrap_or_else(|e| e.into_inner());
+        b.retain(|&(s, m)| !(lba <= s && s + m <= lba + n));
+        self.bad_count.store(b.len(), Release);
     }
 
     /// Asks for a superblock write without a state change (checkpoints).
