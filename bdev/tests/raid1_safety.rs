@@ -556,3 +556,62 @@ fn raid1_rebuild_read_error_on_the_source_is_repaired_or_recorded() {
     assert_eq!(r.status()["bad_blocks"].as_array().unwrap().len(), 0);
     verify(&mut ch, n_chunks, 32, 98);
 }
+
+/// Defect 5: two members that each ran alone and took writes are not
+/// assembled together as in sync (a split brain): the error says which
+/// member to start with and which to re-add; re-added, the returning
+/// member's own bitmap joins the resync, so the members end identical.
+#[test]
+fn raid1_split_brain_is_refused_and_readd_resyncs_both_bitmaps() {
+    let a = mem("sb_a", 8192, 512);
+    let b = mem("sb_b", 8192, 512);
+    let r = make("sb_r", 64, &[&a, &b]);
+    let off = data_offset(&r);
+    let n = r.info().num_blocks;
+    let n_chunks = n / 32;
+    let mut ch = open_channel(&as_dyn(&r)).unwrap();
+    let mut task = r.rebuild_task();
+    assert!(
+        run_ios(&mut ch, &shuffled_writes(n_chunks, 32, 101), 8, &mut |_| {})
+            .iter()
+            .all(|s| s.is_ok())
+    );
+    clear_bitmap(&mut task);
+    drop(task);
+    drop(ch);
+    r.shutdown();
+    drop(r);
+    // Each member runs alone and takes a write the other lacks.
+    for (m, lba, seed) in [(&a, 3 * RB, 102), (&b, 10 * RB, 103)] {
+        let r = make("sb_r", 64, &[m]);
+        assert_eq!(r.status()["state"], "degraded");
+        let mut ch = open_channel(&as_dyn(&r)).unwrap();
+        let mut w = AlignedBuf::new(32 * 512);
+        fill_pattern(w.as_mut_slice(), lba, 512, seed);
+        assert_eq!(write(&mut ch, lba, &mut w), IoStatus::Success);
+        drop(ch);
+        r.shutdown();
+    }
+    let mut p = params("sb_r", 64);
+    p.members = vec!["sb_a".into(), "sb_b".into()];
+    let e = raid1::create(&p, vec![a.clone(), b.clone()])
+        .err()
+        .expect("a split brain must not assemble")
+        .to_string();
+    assert!(e.contains("split brain"), "{e}");
+    assert!(
+        e.contains("add `sb_b` back") || e.contains("add `sb_a` back"),
+        "{e}"
+    );
+    // Start with a, re-add b: b's own write is undone by the resync.
+    let r = make("sb_r", 64, &[&a]);
+    r.add_member(b.clone()).unwrap();
+    assert_eq!(member_state(&r, "sb_b"), "resyncing");
+    let mut task = r.rebuild_task();
+    settle(&mut task);
+    assert_eq!(member_state(&r, "sb_b"), "in_sync");
+    assert!(
+        members_equal(&a, &b, off, n),
+        "members identical after the re-add"
+    );
+}

@@ -642,6 +642,39 @@ fn assemble(
         }
         sh.members()[role] = Some(Arc::clone(&members[i]));
     }
+    // Split brain: two members that each ran without the other (each
+    // one's own table has itself in sync and the other out) both took
+    // writes the other lacks; neither bitmap covers the other's. Refuse,
+    // as mdadm does, naming the member to re-add.
+    for (i, si) in sbs.iter().enumerate() {
+        for (j, sj) in sbs.iter().enumerate().skip(i + 1) {
+            let (ri, rj) = (si.role as usize, sj.role as usize);
+            let alone = |s: &Superblock, me: usize, other: usize| {
+                s.roles[me].state == ROLE_IN_SYNC
+                    && matches!(s.roles[other].state, ROLE_FAULTY | ROLE_EMPTY)
+            };
+            if ri < MAX_MEMBERS && rj < MAX_MEMBERS && alone(si, ri, rj) && alone(sj, rj, ri) {
+                let (keep, readd) = if sj.events > si.events {
+                    (j, i)
+                } else {
+                    (i, j)
+                };
+                return Err(BdevError::param(
+                    "members",
+                    format!(
+                        "members `{}` (event count {}) and `{}` (event count {}) of array `{}` each ran                          without the other (split brain): start the array with `{}` and add `{}` back                          with bdev_raid1_add_member (its writes made alone are lost)",
+                        name_of(i),
+                        si.events,
+                        name_of(j),
+                        sj.events,
+                        fresh.name,
+                        name_of(keep),
+                        name_of(readd)
+                    ),
+                ));
+            }
+        }
+    }
     let in_sync: Vec<usize> = (0..nroles)
         .filter(|&m| sh.state(m) == ROLE_IN_SYNC)
         .collect();
@@ -800,7 +833,21 @@ impl Raid1Bdev {
                 .then_some(m)
         });
         let (m, state) = match readd {
-            Some(m) => (m, ROLE_RECOVER_BITMAP),
+            Some(m) => {
+                // Its own bitmap joins the resync: the regions it took
+                // writes to while apart differ from ours too.
+                if sh.bm_blocks > 0 {
+                    if let Ok(buf) = read_blocks(&bdev, sh.layout.bitmap_offset, sh.bm_blocks) {
+                        let bits = buf.as_slice();
+                        for r in 0..sh.regions {
+                            if bits[(r / 8) as usize] & (1 << (r % 8)) != 0 {
+                                sh.region[r as usize].fetch_or(shared::DIRTY, AcqRel);
+                            }
+                        }
+                    }
+                }
+                (m, ROLE_RECOVER_BITMAP)
+            }
             None => {
                 let free = (0..n).find(|&m| matches!(sh.state(m), ROLE_MISSING | ROLE_EMPTY));
                 let m = match free {
@@ -836,9 +883,9 @@ impl Raid1Bdev {
             kind = if state == ROLE_RECOVER_BITMAP { "bitmap resync" } else { "full rebuild" }, "member added");
         let mut port = port::Port::new(Arc::clone(sh));
         port.sync_sb(CONTROL_TIMEOUT)?;
-        if state == ROLE_RECOVER_FULL {
-            port.sync_bitmap(CONTROL_TIMEOUT)?;
-        }
+        // The bitmap as it now is (a returning member's bits merged, a
+        // new member's view zeroed) goes to every member taking writes.
+        port.sync_bitmap(CONTROL_TIMEOUT)?;
         Ok(())
     }
 
