@@ -615,3 +615,45 @@ fn raid1_split_brain_is_refused_and_readd_resyncs_both_bitmaps() {
         "members identical after the re-add"
     );
 }
+
+/// Defect 2 for metadata: a bitmap or superblock write aborted on a member
+/// is sent there again rather than failing the member for it.
+#[test]
+fn raid1_metadata_write_aborted_on_one_member_is_retried() {
+    let a = mem("ma_a", 8192, 512);
+    let (b, ctl) = flaky("ma_b", mem("ma_mb", 8192, 512));
+    let r = make("ma_r", 64, &[&a, &b]);
+    let off = data_offset(&r);
+    let mut ch = open_channel(&as_dyn(&r)).unwrap();
+    // A write to a clean region: its bitmap write is the first to b.
+    ctl.abort_writes
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let st = run_ios(
+        &mut ch,
+        &[Io {
+            io_type: bdev::IoType::Write,
+            lba: 7 * RB,
+            blocks: 8,
+            seed: 111,
+        }],
+        1,
+        &mut |_| {},
+    );
+    assert_eq!(st[0], IoStatus::Success);
+    assert_eq!(
+        ctl.abort_writes.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    assert_eq!(member_state(&r, "ma_b"), "in_sync");
+    assert!(
+        members_equal(&a, &b, 8, off - 8),
+        "the bitmap is identical on both"
+    );
+    // A superblock write (a clean shutdown) aborted once: retried.
+    ctl.abort_writes
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    drop(ch);
+    r.shutdown();
+    assert_eq!(member_state(&r, "ma_b"), "in_sync");
+    assert_eq!(r.status()["clean"], true);
+}

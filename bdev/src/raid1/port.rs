@@ -54,6 +54,9 @@ struct Kid {
     ch: Channel,
 }
 
+/// Times a metadata write aborted on a member is sent to it again.
+const META_RETRIES: u8 = 3;
+
 /// Set in a meta tag's index for the FLUSH that precedes a write.
 const FLUSH_IDX: u32 = 0x100;
 
@@ -67,6 +70,8 @@ struct BmSlot {
     /// Members still to flush before the write (md's PREFLUSH).
     flush_to_issue: u8,
     flush_pending: u8,
+    /// Member writes sent again after `Aborted`.
+    retries: u8,
 }
 
 struct SbSlot {
@@ -78,6 +83,7 @@ struct SbSlot {
     ok: u8,
     flush_to_issue: u8,
     flush_pending: u8,
+    retries: u8,
 }
 
 pub(crate) struct Port {
@@ -113,6 +119,7 @@ impl Port {
                     ok: 0,
                     flush_to_issue: 0,
                     flush_pending: 0,
+                    retries: 0,
                 })
                 .collect(),
             sbs: SbSlot {
@@ -124,6 +131,7 @@ impl Port {
                 ok: 0,
                 flush_to_issue: 0,
                 flush_pending: 0,
+                retries: 0,
             },
             shared,
         };
@@ -290,6 +298,7 @@ impl Port {
             0
         };
         slot.flush_pending = 0;
+        slot.retries = 0;
         self.issue_bm(i);
         true
     }
@@ -326,6 +335,7 @@ impl Port {
         // and the checkpoints speak for data written before them.
         self.sbs.flush_to_issue = flushable(&self.kids, targets);
         self.sbs.flush_pending = 0;
+        self.sbs.retries = 0;
         self.issue_sb();
     }
 
@@ -582,6 +592,9 @@ fn meta_done(shared: &Shared, bm: &mut [BmSlot], sbs: &mut SbSlot, d: Done) {
         sbs.pending = sbs.pending.saturating_sub(1);
         if d.status.is_ok() && d.current {
             sbs.ok |= 1 << d.member;
+        } else if d.current && d.status == IoStatus::Aborted && sbs.retries < META_RETRIES {
+            sbs.retries += 1;
+            sbs.to_issue |= 1 << d.member;
         } else if d.current {
             shared.fail_io(d.member, "superblock write failed");
         }
@@ -596,6 +609,10 @@ fn meta_done(shared: &Shared, bm: &mut [BmSlot], sbs: &mut SbSlot, d: Done) {
     s.pending = s.pending.saturating_sub(1);
     if d.status.is_ok() && d.current {
         s.ok |= 1 << d.member;
+    } else if d.current && d.status == IoStatus::Aborted && s.retries < META_RETRIES {
+        // Aborted before it reached the device: send it there again.
+        s.retries += 1;
+        s.to_issue |= 1 << d.member;
     } else if d.current {
         shared.fail_io(d.member, "bitmap write failed");
     }
