@@ -72,6 +72,27 @@
 //! * Some members have superblocks and some not, or superblocks of
 //!   different arrays: an error (add a blank member with
 //!   [`Raid1Bdev::add_member`], or pass `format`).
+//! * A member whose superblock cannot be read (I/O error, damaged block)
+//!   is left out when another member can be assembled from: the array
+//!   runs degraded and status lists it in `excluded_at_assembly`.
+//! * Split brain (two members whose own role tables each have themselves
+//!   in sync and the other out: both ran alone and took writes): an error
+//!   naming the member to start with and the one to re-add. A re-added
+//!   member's own bitmap joins the resync set.
+//!
+//! # Ordering and durability
+//!
+//! * Every superblock write, and every bitmap write that clears bits, is
+//!   preceded by a FLUSH of the members with a cache (md's PREFLUSH|FUA).
+//! * Bitmap bits and superblocks count as written only once an in-sync
+//!   member has them. A write aborted on a member is sent there again
+//!   (3 times); any other non-success fails the member (or, the last in
+//!   sync, the write).
+//! * A member-state change moves a view word before and after storing the
+//!   state; channels trust their cached view only while it is unchanged.
+//! * A rebuild read error on the source is repaired from another mirror;
+//!   with none, the range is recorded in `bad_blocks` (reads of it fail
+//!   until a write covers it; the list is not persisted yet).
 //!
 //! Every state change (member faulty, rebuild done, member added or
 //! removed, clean shutdown) bumps the event counter and rewrites the
