@@ -27,7 +27,7 @@ use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 
 use ::bdev::testing::fill_pattern;
-use blkio::{Blkio, Completion, ReqFlags};
+use blkio::{Completion, ReqFlags};
 use serde::Serialize;
 
 use crate::Rng;
@@ -590,20 +590,8 @@ pub fn run(p: Params) -> Result<Report, VerifyError> {
             "io_size x queue_depth must not exceed 256 MiB".into(),
         ));
     }
-    let mut b = Blkio::new("virtio-blk-vhost-user").map_err(be)?;
-    b.set_str("path", &p.socket).map_err(be)?;
-    b.connect().map_err(be)?;
-    b.set_i32("num-queues", if p.poll { 0 } else { 1 })
-        .map_err(be)?;
-    b.set_i32("num-poll-queues", if p.poll { 1 } else { 0 })
-        .map_err(be)?;
-    let out = b.start().map_err(be)?;
-    let q = out
-        .queues
-        .into_iter()
-        .chain(out.poll_queues)
-        .next()
-        .ok_or_else(|| VerifyError::Blkio("no queue".into()))?;
+    let (mut b, q) = crate::vhost::connect(&p.socket, p.poll).map_err(be)?;
+    let q = q.ok_or_else(|| VerifyError::Blkio("no queue".into()))?;
     let capacity = b.get_u64("capacity").map_err(be)?;
     let dev_bs = b.get_i32("request-alignment").map_err(be)?.max(512) as u32;
     let max_seg_len = b.get_i32("max-segment-len").map_err(be)?.max(0) as usize;

@@ -44,6 +44,23 @@ pub enum VhostBenchError {
     Io(i32),
 }
 
+/// Connects libblkio's `virtio-blk-vhost-user` driver to `socket` with
+/// one queue, polled or event-driven, and starts it. `None` for the queue
+/// if the driver gave none.
+pub(crate) fn connect(
+    socket: &str,
+    poll: bool,
+) -> Result<(Blkio, Option<blkio::Blkioq>), blkio::Error> {
+    let mut b = Blkio::new("virtio-blk-vhost-user")?;
+    b.set_str("path", socket)?;
+    b.connect()?;
+    b.set_i32("num-queues", if poll { 0 } else { 1 })?;
+    b.set_i32("num-poll-queues", if poll { 1 } else { 0 })?;
+    let out = b.start()?;
+    let q = out.queues.into_iter().chain(out.poll_queues).next();
+    Ok((b, q))
+}
+
 fn be(e: blkio::Error) -> VhostBenchError {
     VhostBenchError::Blkio(e.to_string())
 }
@@ -99,20 +116,8 @@ pub fn run(p: Params) -> Result<Report, VhostBenchError> {
             "must be a positive multiple of 512".into(),
         ));
     }
-    let mut b = Blkio::new("virtio-blk-vhost-user").map_err(be)?;
-    b.set_str("path", &p.socket).map_err(be)?;
-    b.connect().map_err(be)?;
-    b.set_i32("num-queues", if p.poll { 0 } else { 1 })
-        .map_err(be)?;
-    b.set_i32("num-poll-queues", if p.poll { 1 } else { 0 })
-        .map_err(be)?;
-    let out = b.start().map_err(be)?;
-    let mut q = out
-        .queues
-        .into_iter()
-        .chain(out.poll_queues)
-        .next()
-        .ok_or_else(|| VhostBenchError::Blkio("no queue".into()))?;
+    let (mut b, q) = connect(&p.socket, p.poll).map_err(be)?;
+    let mut q = q.ok_or_else(|| VhostBenchError::Blkio("no queue".into()))?;
     let capacity = b.get_u64("capacity").map_err(be)?;
     let span = capacity / p.io_size as u64;
     if span == 0 {
