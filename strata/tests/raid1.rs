@@ -38,6 +38,44 @@ fn config(dir: &std::path::Path) -> String {
     cfg.to_string_lossy().into_owned()
 }
 
+/// Writes 4 blocks at `lba(i)` with seed `seed0 + i` through `bdev_io` on
+/// `r0` until `n` are acknowledged, then kills the daemon with SIGKILL
+/// while the writer keeps going. Returns the acknowledged (lba, seed).
+fn kill_9_under_writes(
+    s: &mut Serve,
+    n: usize,
+    seed0: u64,
+    lba: fn(u64) -> u64,
+) -> Arc<Mutex<Vec<(u64, u64)>>> {
+    let acked: Arc<Mutex<Vec<(u64, u64)>>> = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (acked, stop, sock) = (Arc::clone(&acked), Arc::clone(&stop), s.socket.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let lba = lba(i);
+                match common::rpc_write(&sock, "r0", lba, 4, seed0 + i) {
+                    Some(true) => acked.lock().unwrap().push((lba, seed0 + i)),
+                    Some(false) => panic!("a mirrored write failed"),
+                    None => break,
+                }
+                i += 1;
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < n {
+        assert!(Instant::now() < deadline, "writes did not progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(s.signal_and_wait("KILL"), None);
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let _ = std::fs::remove_file(&s.socket);
+    acked
+}
+
 #[test]
 fn kill_9_during_writes_resyncs_only_dirty_regions() {
     let dir = scratch();
@@ -52,32 +90,7 @@ fn kill_9_during_writes_resyncs_only_dirty_regions() {
     let touched_max = (2 << 20) / (64 << 10) + 1;
     assert!(regions > 4 * touched_max, "{st}");
 
-    let acked: Arc<Mutex<Vec<(u64, u64)>>> = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (acked, stop, sock) = (Arc::clone(&acked), Arc::clone(&stop), s.socket.clone());
-        std::thread::spawn(move || {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let lba = (i * 7) % 508;
-                match common::rpc_write(&sock, "r0", lba, 4, 500 + i) {
-                    Some(true) => acked.lock().unwrap().push((lba, 500 + i)),
-                    Some(false) => panic!("a mirrored write failed"),
-                    None => break,
-                }
-                i += 1;
-            }
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while acked.lock().unwrap().len() < 60 {
-        assert!(Instant::now() < deadline, "writes did not progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert_eq!(s.signal_and_wait("KILL"), None);
-    stop.store(true, Ordering::Relaxed);
-    writer.join().unwrap();
-    let _ = std::fs::remove_file(&s.socket);
+    let acked = kill_9_under_writes(&mut s, 60, 500, |i| (i * 7) % 508);
 
     // Restart: the same config reassembles the array from its superblocks
     // (it does not format it), and resyncs the bitmap's dirty regions.
@@ -244,32 +257,7 @@ fn sigterm_during_resync_resumes_it_after_restart() {
     let data_off = st["data_offset_blocks"].as_u64().unwrap() * BS;
     let num_blocks = st["num_blocks"].as_u64().unwrap();
     // Writes spread over ~150 regions of 64 KiB.
-    let acked: Arc<Mutex<Vec<(u64, u64)>>> = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (acked, stop, sock) = (Arc::clone(&acked), Arc::clone(&stop), s.socket.clone());
-        std::thread::spawn(move || {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let lba = ((i * 7) % 600) * 4;
-                match common::rpc_write(&sock, "r0", lba, 4, 900 + i) {
-                    Some(true) => acked.lock().unwrap().push((lba, 900 + i)),
-                    Some(false) => panic!("a mirrored write failed"),
-                    None => break,
-                }
-                i += 1;
-            }
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while acked.lock().unwrap().len() < 600 {
-        assert!(Instant::now() < deadline, "writes did not progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert_eq!(s.signal_and_wait("KILL"), None);
-    stop.store(true, Ordering::Relaxed);
-    writer.join().unwrap();
-    let _ = std::fs::remove_file(&s.socket);
+    let acked = kill_9_under_writes(&mut s, 600, 900, |i| ((i * 7) % 600) * 4);
     // What the crash left: a torn write on m1 in the last dirty region
     // (the resync walks regions in order: it reaches this one last).
     let last = acked.lock().unwrap().iter().map(|a| a.0).max().unwrap();
