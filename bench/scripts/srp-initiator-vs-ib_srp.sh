@@ -83,7 +83,8 @@ LIO_HBA=fileio_0
 [ "$BACKEND" = loop ] && LIO_HBA=iblock_0
 LIO_BS=$CFS/core/$LIO_HBA/lio0
 
-log() { echo "[$(date +%T)] $*"; }
+# shellcheck source=srp-common.sh
+. "$ROOT/bench/scripts/srp-common.sh"
 
 # LIO up/down: their own processes, so that a configfs write that hangs is
 # bounded by `timeout` too (as bench/scripts/srp-vs-lio-inner.sh).
@@ -115,7 +116,6 @@ cleanup() {
 trap cleanup EXIT
 die() { log "FAIL: $*"; diag; exit 1; }
 
-remote_ports() { ls /sys/class/srp_remote_ports/ 2>/dev/null | grep port; }
 kernel_logout() {
     local p
     for p in /sys/class/srp_remote_ports/port-*; do
@@ -129,19 +129,6 @@ kernel_login() {
     local opts="id_ext=$LIO_ID,ioc_guid=$LIO_ID,dest=$IP:$LIO_PORT,initiator_ext=$INI_EXT,ch_count=1,queue_size=$QUEUE_SIZE,max_cmd_per_lun=$QUEUE_SIZE,max_sect=1024"
     log "add_target $opts"
     timeout 60 sh -c "echo '$opts' > $SRPDIR/add_target"
-}
-find_disk() { # VENDOR -> /dev/sdX (waits up to 30 s)
-    local d
-    for _ in $(seq 150); do
-        for d in /sys/block/sd*; do
-            [ -e "$d/device/vendor" ] || continue
-            if grep -q "$1" "$d/device/vendor" && [ "$(cat "$d/size")" -gt 0 ]; then
-                echo "/dev/${d##*/}"; return 0
-            fi
-        done
-        sleep 0.2
-    done
-    return 1
 }
 
 # run_fio NAME RW DEPTH -> "iops p50_us p99_us"
@@ -237,7 +224,6 @@ for r in $(seq "$ROUNDS"); do
     done
 done
 
-median() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) print 0; else print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 col() { # initiator workload depth column
     awk -v i="$1" -v w="$2" -v q="$3" -v c="$4" '$1 == i && $2 == w && $3 == q {print $c}' "$RES/points.txt" | median
 }

@@ -68,7 +68,8 @@ LOOPDEV=/dev/loop0
 DISK=$BACKING
 [ "$BACKEND" = loop ] && DISK=$LOOPDEV
 
-log() { echo "[$(date +%T)] $*"; }
+# shellcheck source=srp-common.sh
+. "$ROOT/bench/scripts/srp-common.sh"
 
 # ------------------------------------------------------------------ LIO
 # These run as their own process (`timeout 60 $SELF __lio_up`) so that a
@@ -111,7 +112,6 @@ die() {
     exit 1
 }
 
-remote_ports() { ls /sys/class/srp_remote_ports/ 2>/dev/null | grep port; }
 
 logout() {
     local p
@@ -133,20 +133,6 @@ login() {
     timeout 60 sh -c "echo '$opts' > $SRPDIR/add_target"
 }
 
-# find_disk VENDOR -> /dev/sdX (waits up to 30 s)
-find_disk() {
-    local d
-    for _ in $(seq 150); do
-        for d in /sys/block/sd*; do
-            [ -e "$d/device/vendor" ] || continue
-            if grep -q "$1" "$d/device/vendor" && [ "$(cat "$d/size")" -gt 0 ]; then
-                echo "/dev/${d##*/}"; return 0
-            fi
-        done
-        sleep 0.2
-    done
-    return 1
-}
 
 # run_fio NAME RW -> "iops p50_us p99_us" on stdout
 run_fio() {
@@ -272,7 +258,6 @@ done
 [ "$BACKEND" = loop ] && timeout 30 losetup -d "$LOOPDEV"
 dmesg > "$RES/dmesg.txt"
 
-median() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) print 0; else print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 col() { awk -v t="$1" -v c="$2" '$1 == t {print $c}' "$RES/rounds.txt" | median; }
 echo
 echo "4 KiB random I/O, fio libaio direct, iodepth $IODEPTH, 1 job, ${RUNTIME}s (+${RAMP}s ramp) per point;"
