@@ -587,7 +587,7 @@ impl Conn {
         if was != Phase::Down {
             tracing::debug!(bdev = %self.sh.cfg.name, channel = self.ch, reason = why, "SRP channel down");
         }
-        self.requeue_all(keep_io);
+        self.requeue_all();
         if !keep_io {
             self.fail_all();
         }

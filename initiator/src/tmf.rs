@@ -219,7 +219,7 @@ impl Conn {
 
     /// The connection is gone: everything sent is queued to be sent again
     /// (the target will not answer it); credits are void.
-    pub(crate) fn requeue_all(&mut self, _keep_io: bool) {
+    pub(crate) fn requeue_all(&mut self) {
         self.engine.tmf = Tmf::Idle;
         self.engine.starved_since = None;
         self.engine.answers.clear();
